@@ -1,0 +1,37 @@
+"""Test-wide setup: 8 fake CPU devices, a persistent compilation cache, the `slow` marker.
+
+XLA_FLAGS must be set before jax is imported anywhere, which is why this happens at the top of
+conftest (pytest imports it before any test module).
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import pytest
+
+# Compiles dominate tiny-model tests; a persistent cache makes reruns (and CI's second pass over
+# the same shapes in other test files) much cheaper.
+_CACHE_DIR = os.environ.get(
+    "T2V_TEST_COMPILATION_CACHE",
+    os.path.join(os.path.expanduser("~"), ".cache", "t2v_jax_tests_xla"),
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="also run @slow tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
