@@ -100,7 +100,7 @@ def write_video(
 def _write_mp4(video: np.ndarray, path: str, fps: float) -> None:
     import imageio_ffmpeg
 
-    t, h, w, _ = video.shape
+    _, h, w, _ = video.shape
     # yuv420p halves chroma resolution, so H.264 needs even sizes.
     video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     writer = imageio_ffmpeg.write_frames(
