@@ -63,6 +63,7 @@ setup(
     entry_points={
         "console_scripts": [
             # Each entry is added by the issue that builds the command (no stubs).
+            "t2v-convert-t5 = t2v_jax.cli.convert_t5:main",
         ],
     },
 )
