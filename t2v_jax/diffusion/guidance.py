@@ -1,0 +1,169 @@
+"""Classifier-free guidance (with constant or oscillating weight schedules) and x0 thresholding.
+
+A guided model function has the signature `fn(params, x, log_snr, cond, step) -> v`: the extra
+`step` (an int32 scalar, 0 for the noisiest step) lets the guidance weight follow a schedule
+inside the sampler's `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+ModelFn = Callable[[Any, jax.Array, jax.Array, Mapping[str, Any]], jax.Array]
+StepModelFn = Callable[[Any, jax.Array, jax.Array, Mapping[str, Any], jax.Array], jax.Array]
+
+ThresholdMode = Literal["none", "static", "dynamic"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceConfig:
+    """Classifier-free guidance weight and its schedule over sampling steps.
+
+    Attributes:
+      weight: w in `v = v_uncond + w * (v_cond - v_uncond)`; 1 means no guidance, 0 unconditional.
+      schedule: "constant" (w at every step) or "oscillating" (Imagen Video: w for the first
+        `oscillate_after` steps, then alternating w, low_weight, w, low_weight, ...).
+      oscillate_after: number of initial steps held at `weight` in the oscillating schedule.
+      low_weight: the weight alternated with `weight` in the oscillating schedule.
+    """
+
+    weight: float = 1.0
+    schedule: Literal["constant", "oscillating"] = "constant"
+    oscillate_after: int = 0
+    low_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "oscillating"):
+            raise ValueError(
+                f"GuidanceConfig.schedule: {self.schedule!r} is not one of 'constant', "
+                "'oscillating'"
+            )
+        if self.oscillate_after < 0:
+            raise ValueError(
+                f"GuidanceConfig.oscillate_after must be >= 0, got {self.oscillate_after}"
+            )
+
+    @property
+    def is_identity(self) -> bool:
+        """True when every step's weight is exactly 1 (guidance is a no-op)."""
+        if self.schedule == "constant":
+            return self.weight == 1.0
+        return self.weight == 1.0 and self.low_weight == 1.0
+
+
+def as_guidance_config(guidance: GuidanceConfig | float | None) -> GuidanceConfig:
+    """Accepts a GuidanceConfig, a plain weight (constant schedule) or None (weight 1)."""
+    if guidance is None:
+        return GuidanceConfig()
+    if isinstance(guidance, GuidanceConfig):
+        return guidance
+    if isinstance(guidance, int | float):
+        return GuidanceConfig(weight=float(guidance))
+    raise ValueError(
+        f"guidance: expected a GuidanceConfig, a float weight or None, got {type(guidance)}"
+    )
+
+
+def guidance_weight(step: jax.Array, cfg: GuidanceConfig) -> jax.Array:
+    """The guidance weight at sampling step `step` (0 = first, noisiest step); float32 scalar."""
+    step = jnp.asarray(step, jnp.int32)
+    w = jnp.float32(cfg.weight)
+    if cfg.schedule == "constant":
+        return w
+    in_warmup = step < cfg.oscillate_after
+    high = (step - cfg.oscillate_after) % 2 == 0
+    return jnp.where(in_warmup | high, w, jnp.float32(cfg.low_weight))
+
+
+def _uncond_like(cond: Mapping[str, Any], uncond_cond: Mapping[str, Any]) -> dict[str, Any]:
+    """`cond` with the keys of `uncond_cond` replaced, each broadcast to the batch of `cond`."""
+    unknown = sorted(set(uncond_cond) - set(cond))
+    if unknown:
+        raise ValueError(
+            f"uncond_cond: keys {unknown} are not in cond (cond has {sorted(cond)}); uncond_cond "
+            "may only override conditioning entries such as 'text_emb' and 'text_mask'"
+        )
+    out = dict(cond)
+    for key, value in uncond_cond.items():
+        out[key] = jax.tree.map(
+            lambda u, c: jnp.broadcast_to(jnp.asarray(u, c.dtype), c.shape), value, cond[key]
+        )
+    return out
+
+
+def guided_model_fn(
+    model_fn: ModelFn,
+    guidance: GuidanceConfig | float | None,
+    uncond_cond: Mapping[str, Any] | None,
+) -> StepModelFn:
+    """Wraps `model_fn` with classifier-free guidance; returns `fn(params, x, lam, cond, step)`.
+
+    Conditional and unconditional predictions come from ONE model call on a doubled batch
+    ([cond; uncond] concatenated on axis 0). The combination is written as
+    `v_cond + (w - 1) * (v_cond - v_uncond)`, so w = 1 returns the conditional prediction
+    exactly. When the schedule is 1 everywhere (or `uncond_cond` is None with w = 1) the
+    unconditional half is skipped.
+
+    Args:
+      model_fn: `model_fn(params, x [B, ...], log_snr [B], cond) -> v [B, ...]`.
+      guidance: a GuidanceConfig, a constant weight, or None (no guidance).
+      uncond_cond: entries that replace those of `cond` for the unconditional branch, e.g.
+        `{'text_emb': null_emb, 'text_mask': null_mask}` (null or negative-prompt embeddings);
+        each leaf is broadcast to the matching leaf of `cond` (so [1, L, D] works for any B).
+    """
+    cfg = as_guidance_config(guidance)
+    if cfg.is_identity:
+        return lambda params, x, lam, cond, step: model_fn(params, x, lam, cond)
+    if uncond_cond is None:
+        raise ValueError(
+            f"uncond_cond: required for guidance weight {cfg.weight} != 1 (pass the null or "
+            "negative-prompt text embeddings, e.g. {'text_emb': ..., 'text_mask': ...})"
+        )
+
+    def fn(params, x, lam, cond, step):
+        uncond = _uncond_like(cond, uncond_cond)
+        both = jax.tree.map(lambda c, u: jnp.concatenate([c, u], axis=0), dict(cond), uncond)
+        v = model_fn(
+            params, jnp.concatenate([x, x], axis=0), jnp.concatenate([lam, lam], axis=0), both
+        )
+        v_cond, v_uncond = jnp.split(v, 2, axis=0)
+        w = guidance_weight(step, cfg).astype(v.dtype)
+        return v_cond + (w - 1) * (v_cond - v_uncond)
+
+    return fn
+
+
+def static_threshold(x0: jax.Array) -> jax.Array:
+    """Clips the x0 prediction to the data range [-1, 1]."""
+    return jnp.clip(x0, -1.0, 1.0)
+
+
+def dynamic_threshold(x0: jax.Array, percentile: float = 0.995) -> jax.Array:
+    """Imagen's dynamic thresholding: s = max(1, quantile_p |x0|) per sample; clip to +-s, / s.
+
+    Args:
+      x0: the x0 prediction [B, ...].
+      percentile: the quantile p in (0, 1] of |x0| over each sample's elements.
+    """
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"dynamic_percentile must be in (0, 1], got {percentile}")
+    flat = jnp.abs(x0.reshape(x0.shape[0], -1)).astype(jnp.float32)  # [B, N]
+    s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0)  # [B]
+    s = s.reshape((-1,) + (1,) * (x0.ndim - 1)).astype(x0.dtype)
+    return jnp.clip(x0, -s, s) / s
+
+
+def threshold(x0: jax.Array, mode: ThresholdMode, percentile: float = 0.995) -> jax.Array:
+    """Applies thresholding `mode` ("none", "static" or "dynamic") to the x0 prediction."""
+    if mode == "none":
+        return x0
+    if mode == "static":
+        return static_threshold(x0)
+    if mode == "dynamic":
+        return dynamic_threshold(x0, percentile)
+    raise ValueError(f"thresholding: {mode!r} is not one of 'none', 'static', 'dynamic'")

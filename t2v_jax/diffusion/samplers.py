@@ -1,0 +1,248 @@
+"""Samplers (ancestral DDPM, DDIM, DPM-Solver++(2M)) for v-prediction models, each one lax.scan.
+
+Every sampler walks a grid of log-SNR values from noisy to clean: `log_snrs[0..N-1]` are where
+the model is evaluated and `log_snrs[N]` is the target of the last step (+inf = clean data, so
+the last step returns the model's x0 prediction, like diffusers with `set_alpha_to_one` /
+`final_sigmas_type="zero"`). All noise for sample b comes from `rngs[b]`, so a sample does not
+change with the batch size or the number of devices the batch is sharded over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from t2v_jax.diffusion import guidance as guidance_lib
+from t2v_jax.diffusion import schedules
+
+SamplerName = Literal["ddim", "ddpm", "dpmpp_2m"]
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
+
+
+def sampling_log_snrs(num_steps: int, schedule_cfg: schedules.ScheduleConfig) -> jax.Array:
+    """The default grid [num_steps + 1]: lambda(t) at t = 1, 1 - 1/N, ..., 1/N, then +inf."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    t = jnp.linspace(1.0, 0.0, num_steps + 1)[:-1]
+    lams = schedules.log_snr(t, schedule_cfg)
+    return jnp.concatenate([lams, jnp.array([jnp.inf], lams.dtype)])
+
+
+def per_sample_normal(keys: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Standard normal noise [B, *shape[1:]] where row b depends only on keys[b]."""
+    return jax.vmap(lambda k: jax.random.normal(k, tuple(shape[1:]), dtype))(keys)
+
+
+def predict(
+    model_fn: guidance_lib.StepModelFn,
+    params: Any,
+    x: jax.Array,
+    lam: jax.Array,
+    cond: Mapping[str, Any],
+    step: jax.Array,
+    thresholding: guidance_lib.ThresholdMode = "none",
+    dynamic_percentile: float = 0.995,
+) -> tuple[jax.Array, jax.Array]:
+    """Evaluates a step-aware v-model at scalar log-SNR `lam`; returns (x0_hat, eps_hat).
+
+    With thresholding, x0_hat is thresholded and eps_hat recomputed from it so the two stay
+    consistent with x (Imagen); without, both come straight from v (no division by sigma).
+    """
+    lam_b = jnp.full((x.shape[0],), lam, jnp.float32)  # [B]
+    v = model_fn(params, x, lam_b, cond, step).astype(x.dtype)  # [B, ...]
+    x0 = schedules.x_from_v(x, v, lam_b)
+    if thresholding == "none":
+        return x0, schedules.eps_from_v(x, v, lam_b)
+    x0 = guidance_lib.threshold(x0, thresholding, dynamic_percentile)
+    return x0, schedules.eps_from_x(x, x0, lam_b)
+
+
+def ddim_step(
+    x: jax.Array,
+    x0: jax.Array,
+    eps: jax.Array,
+    lam: jax.Array,
+    lam_next: jax.Array,
+    eta: float | jax.Array = 0.0,
+    noise: jax.Array | None = None,
+) -> jax.Array:
+    """DDIM update from log-SNR `lam` to `lam_next` (> lam); eta=1 is ancestral sampling.
+
+    x_next = alpha' x0 + sqrt(sigma'^2 - s^2) eps + s noise with
+    s = eta sigma' sqrt(1 - exp(lam - lam_next)) (Song et al.'s sigma_t in log-SNR form).
+    """
+    del x  # DDIM only needs the (x0, eps) decomposition of x.
+    alpha_n, sigma_n = schedules.alpha_sigma(lam_next)
+    x_next = alpha_n * x0 + sigma_n * eps
+    if noise is None:
+        return x_next
+    std = eta * sigma_n * jnp.sqrt(-jnp.expm1(lam - lam_next))
+    dir_coef = jnp.sqrt(jnp.maximum(sigma_n**2 - std**2, 0.0))
+    return alpha_n * x0 + dir_coef * eps + std * noise
+
+
+def ddpm_step(
+    x: jax.Array,
+    x0: jax.Array,
+    lam: jax.Array,
+    lam_next: jax.Array,
+    noise: jax.Array,
+) -> jax.Array:
+    """Ancestral step: a draw from the posterior q(z_next | z = x, x = x0) (Ho et al.; VDM).
+
+    mean = alpha_c sigma_n^2 / (alpha_n sigma_c^2) x + alpha_n (1 - r) x0, var = sigma_n^2 (1 - r)
+    with r = SNR_c / SNR_n = exp(lam - lam_next).
+    """
+    alpha_c, sigma_c = schedules.alpha_sigma(lam)
+    alpha_n, sigma_n = schedules.alpha_sigma(lam_next)
+    one_minus_r = -jnp.expm1(lam - lam_next)
+    coef_x = alpha_c * sigma_n**2 / (alpha_n * sigma_c**2)
+    return coef_x * x + alpha_n * one_minus_r * x0 + sigma_n * jnp.sqrt(one_minus_r) * noise
+
+
+def dpmpp_2m_step(
+    x: jax.Array,
+    x0: jax.Array,
+    x0_prev: jax.Array,
+    lam_prev: jax.Array,
+    lam: jax.Array,
+    lam_next: jax.Array,
+    first_order: jax.Array,
+) -> jax.Array:
+    """DPM-Solver++(2M) step (Lu et al. 2022, data prediction, midpoint form as in diffusers).
+
+    With half log-SNR h = (lam_next - lam) / 2 and r = (lam - lam_prev) / (lam_next - lam):
+    x_next = sigma_n / sigma_c x - alpha_n expm1(-h) D, D = x0 + (x0 - x0_prev) / (2 r), or
+    D = x0 when `first_order` (the first step, and the last step when lam_next = +inf).
+    """
+    alpha_n, sigma_n = schedules.alpha_sigma(lam_next)
+    _, sigma_c = schedules.alpha_sigma(lam)
+    h = 0.5 * (lam_next - lam)
+    r = jnp.where(first_order, 1.0, (lam - lam_prev) / jnp.where(first_order, 1.0, lam_next - lam))
+    c = jnp.where(first_order, 0.0, 0.5 / r)
+    d = x0 + c.astype(x0.dtype) * (x0 - x0_prev)
+    return (sigma_n / sigma_c) * x - alpha_n * jnp.expm1(-h) * d
+
+
+def _check_rngs(rngs: jax.Array, batch: int) -> None:
+    typed = jax.dtypes.issubdtype(rngs.dtype, jax.dtypes.prng_key)
+    ndim = 1 if typed else 2
+    if rngs.ndim != ndim or rngs.shape[0] != batch:
+        raise ValueError(
+            f"rngs: expected a batch of {batch} PRNG keys (one per sample, shape "
+            f"{(batch,) if typed else (batch, 2)}), got shape {rngs.shape}"
+        )
+
+
+def sample(
+    model_fn: guidance_lib.ModelFn,
+    params: Any,
+    rngs: jax.Array,
+    cond: Mapping[str, Any],
+    shape: tuple[int, ...],
+    num_steps: int,
+    *,
+    sampler: SamplerName = "ddim",
+    schedule_cfg: schedules.ScheduleConfig | None = None,
+    eta: float | jax.Array = 0.0,
+    guidance: guidance_lib.GuidanceConfig | float | None = None,
+    uncond_cond: Mapping[str, Any] | None = None,
+    thresholding: guidance_lib.ThresholdMode = "none",
+    dynamic_percentile: float = 0.995,
+    timesteps_log_snr: jax.Array | None = None,
+    progress_fn: Callable[[int, int], None] | None = None,
+    return_intermediates: bool = False,
+    x_init: jax.Array | None = None,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+    """Draws samples with one `lax.scan` over `num_steps` denoising steps.
+
+    Jit it with `shape`, `num_steps` and the keyword options static (e.g. close over them with
+    functools.partial); compile time does not depend on `num_steps`.
+
+    Args:
+      model_fn: `model_fn(params, x [B, ...], log_snr [B], cond) -> v [B, ...]` (v-prediction).
+      params: model parameters, passed through to model_fn.
+      rngs: [B] PRNG keys, one per sample (e.g. fold_in(seed_key, global_sample_index)); all of
+        sample b's noise (initial and per-step) is derived from rngs[b].
+      cond: conditioning pytree; every leaf has the batch B as its leading axis.
+      shape: the output shape [B, T, H, W, C] (any [B, ...] works).
+      num_steps: number of model evaluations (doubled batch with guidance).
+      sampler: "ddim", "ddpm" (ancestral) or "dpmpp_2m".
+      schedule_cfg: the log-SNR schedule (default cosine); ignored with timesteps_log_snr.
+      eta: DDIM stochasticity in [0, 1] (0 deterministic, 1 ancestral); DDIM only.
+      guidance: classifier-free guidance (GuidanceConfig or a constant weight); None = off.
+      uncond_cond: entries replacing those of cond for the unconditional branch of guidance.
+      thresholding: "none", "static" or "dynamic" thresholding of the x0 prediction.
+      dynamic_percentile: the quantile used by dynamic thresholding.
+      timesteps_log_snr: explicit grid [num_steps + 1] of log-SNR values, increasing; the last
+        may be +inf (clean). Used for discrete-time parity with other implementations.
+      progress_fn: if given, called on the host as progress_fn(steps_done, num_steps) from
+        inside the scan (via jax.debug.callback, unordered).
+      return_intermediates: also return {"x_t": [N, B, ...] (x after each step),
+        "x0_pred": [N, B, ...] (the x0 prediction at each step)}.
+      x_init: start from this [B, ...] array instead of drawing the initial noise from rngs.
+
+    Returns:
+      x0 [B, ...], or (x0, intermediates) when return_intermediates.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if thresholding not in ("none", "static", "dynamic"):
+        raise ValueError(
+            f"thresholding: {thresholding!r} is not one of 'none', 'static', 'dynamic'"
+        )
+    concrete_eta = isinstance(eta, int | float)
+    if concrete_eta and not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if sampler != "ddim" and not (concrete_eta and eta == 0.0):
+        raise ValueError(f"eta only applies to sampler='ddim', got eta={eta} with {sampler!r}")
+    shape = tuple(shape)
+    _check_rngs(rngs, shape[0])
+    if timesteps_log_snr is None:
+        lams = sampling_log_snrs(num_steps, schedule_cfg or schedules.ScheduleConfig())
+    else:
+        lams = jnp.asarray(timesteps_log_snr, jnp.float32)
+        if lams.shape != (num_steps + 1,):
+            raise ValueError(
+                f"timesteps_log_snr: expected shape ({num_steps + 1},) for num_steps={num_steps}, "
+                f"got {lams.shape}"
+            )
+    step_fn = guidance_lib.guided_model_fn(model_fn, guidance, uncond_cond)
+    uses_noise = sampler == "ddpm" or (sampler == "ddim" and not (concrete_eta and eta == 0.0))
+
+    keys = jax.vmap(jax.random.split)(rngs)  # [B, 2] keys
+    init_keys, step_keys = keys[:, 0], keys[:, 1]
+    if x_init is None:
+        x_init = per_sample_normal(init_keys, shape)  # [B, ...]
+    elif x_init.shape != shape:
+        raise ValueError(f"x_init: expected shape {shape}, got {x_init.shape}")
+
+    def body(carry, xs):
+        x, x0_prev = carry
+        i, lam_prev, lam, lam_next = xs
+        x0, eps = predict(step_fn, params, x, lam, cond, i, thresholding, dynamic_percentile)
+        noise = None
+        if uses_noise:
+            noise = per_sample_normal(
+                jax.vmap(lambda k: jax.random.fold_in(k, i))(step_keys), shape
+            )
+        if sampler == "ddim":
+            x_next = ddim_step(x, x0, eps, lam, lam_next, eta, noise)
+        elif sampler == "ddpm":
+            x_next = ddpm_step(x, x0, lam, lam_next, noise)
+        else:
+            first = (i == 0) | jnp.isposinf(lam_next)
+            x_next = dpmpp_2m_step(x, x0, x0_prev, lam_prev, lam, lam_next, first)
+        if progress_fn is not None:
+            jax.debug.callback(lambda s: progress_fn(int(s) + 1, num_steps), i, ordered=False)
+        return (x_next, x0), ((x_next, x0) if return_intermediates else None)
+
+    steps = jnp.arange(num_steps, dtype=jnp.int32)
+    lam_prev = jnp.concatenate([lams[:1], lams[:-2]])
+    (x, _), traj = jax.lax.scan(body, (x_init, x_init), (steps, lam_prev, lams[:-1], lams[1:]))
+    if return_intermediates:
+        return x, {"x_t": traj[0], "x0_pred": traj[1]}
+    return x
