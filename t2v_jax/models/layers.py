@@ -1,0 +1,347 @@
+"""Video U-Net building blocks: factorized space-time convs, norms, ResBlock, resampling, embeddings.
+
+Every parameter is created through `param()`, which attaches logical axis names from
+`t2v_jax.axes`, so `t2v_jax.sharding` can place it on a mesh. Parameters are float32; each layer
+computes in the `dtype` it is given (bf16 switch).
+
+Frame masks: several layers take `frame_mask` [B, T] bool. True frames form one video and may
+mix along time; False frames are independent images and get no temporal mixing in or out
+(their temporal-layer output is zero, i.e. those layers are skipped for them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t2v_jax import axes
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+default_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
+def param(
+    module: nn.Module, name: str, init: Initializer, shape: Sequence[int], names: Sequence[str]
+) -> jax.Array:
+    """A float32 parameter annotated with logical axis `names` (one per dimension)."""
+    if len(names) != len(shape):
+        raise ValueError(f"param {name}: {len(names)} axis names for shape {tuple(shape)}")
+    return module.param(name, nn.with_logical_partitioning(init, tuple(names)), tuple(shape))
+
+
+def _frame_gate(frame_mask: jax.Array | None, dtype: Dtype) -> jax.Array | None:
+    """[B, T] bool -> [B, T, 1, 1, 1] multiplier (1 for video frames, 0 for images)."""
+    if frame_mask is None:
+        return None
+    return frame_mask.astype(dtype)[:, :, None, None, None]
+
+
+class Dense(nn.Module):
+    """x @ kernel + bias over the last axis, with named kernel/bias axes."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    kernel_init: Initializer = default_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = param(
+            self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.kernel_axes
+        )
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = param(self, "bias", nn.initializers.zeros, (self.features,), (axes.CHANNELS,))
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm computed per frame (statistics over H, W and the channels of a group).
+
+    Per-frame statistics keep the network's only cross-frame paths in its temporal layers, which
+    is what makes frame masks (joint image-video training) and a frame-independent fresh model
+    possible. Statistics are taken in float32 whatever the compute dtype.
+    """
+
+    groups: int
+    dtype: Dtype = jnp.float32
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, H, W, C]
+        b, t, _, _, c = x.shape
+        scale = param(self, "scale", nn.initializers.ones, (c,), (axes.CHANNELS,))
+        bias = param(self, "bias", nn.initializers.zeros, (c,), (axes.CHANNELS,))
+        x32 = x.astype(jnp.float32)
+
+        # Reduce over H, W first (per channel, channels stay the minor axis), then over the
+        # channels of each group: ~10x faster on XLA:CPU than reducing a [..., G, C/G] view.
+        def group_mean(v):  # [B, T, H, W, C] -> [B, T, 1, 1, C], each group's mean broadcast
+            g = v.mean((2, 3)).reshape(b, t, self.groups, c // self.groups).mean(-1)
+            return jnp.repeat(g, c // self.groups, axis=-1)[:, :, None, None, :]
+
+        centered = x32 - group_mean(x32)
+        y = centered * jax.lax.rsqrt(group_mean(jnp.square(centered)) + self.eps)
+        return (y * scale + bias).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis (per token), statistics in float32."""
+
+    dtype: Dtype = jnp.float32
+    eps: float = 1e-5
+    axis_name: str = axes.CHANNELS
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = param(self, "scale", nn.initializers.ones, (c,), (self.axis_name,))
+        bias = param(self, "bias", nn.initializers.zeros, (c,), (self.axis_name,))
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        return ((x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(self.dtype)
+
+
+def conv2d_patches(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """A 'same'-padded k x k conv as im2col patches + one matmul.
+
+    x [N, H, W, Cin], kernel [k, k, Cin, Cout] -> [N, H/stride, W/stride, Cout]. Equal to
+    `lax.conv_general_dilated` with padding (k//2, k//2); XLA:CPU runs the single large matmul
+    near its GEMM peak, where its direct 3x3 conv reaches about half of that.
+    """
+    k = kernel.shape[0]
+    _, h, w, cin = x.shape
+    pad = k // 2
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    # Taps in (kh, kw) order, channels innermost: matches kernel.reshape(k * k * Cin, Cout).
+    taps = [
+        xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+        for dy in range(k)
+        for dx in range(k)
+    ]
+    patches = jnp.concatenate(taps, axis=-1)  # [N, Ho, Wo, k*k*Cin]
+    return jnp.dot(patches, kernel.reshape(k * k * cin, -1))
+
+
+class SpatialConv(nn.Module):
+    """A k x k conv applied to every frame independently ('same' padding, optional stride 2)."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+    impl: str = "conv"
+    kernel_init: Initializer = default_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, H, W, Cin]
+        b, t, h, w, cin = x.shape
+        k = self.kernel_size
+        kernel = param(
+            self,
+            "kernel",
+            self.kernel_init,
+            (k, k, cin, self.features),
+            (axes.CONV_SPACE, axes.CONV_SPACE, axes.CONV_IN, axes.CONV_OUT),
+        )
+        bias = param(self, "bias", nn.initializers.zeros, (self.features,), (axes.CHANNELS,))
+        frames = x.reshape(b * t, h, w, cin).astype(self.dtype)  # [B*T, H, W, Cin]
+        kernel = kernel.astype(self.dtype)
+        if self.impl == "matmul":
+            y = conv2d_patches(frames, kernel, self.stride)
+        elif self.impl == "conv":
+            pad = k // 2
+            y = jax.lax.conv_general_dilated(
+                frames,
+                kernel,
+                (self.stride, self.stride),
+                ((pad, pad), (pad, pad)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        else:
+            raise ValueError(f"spatial_conv_impl: {self.impl!r} is not one of 'conv', 'matmul'")
+        y = y + bias.astype(self.dtype)
+        return y.reshape(b, t, *y.shape[1:])  # [B, T, H', W', Cout]
+
+
+class TemporalConv(nn.Module):
+    """A kernel-3 conv along frames, zero-initialised, used as a residual: x + conv(x).
+
+    Zero init makes a fresh network frame-independent (an image model applied per frame), the
+    factorized-conv initialisation of Video Diffusion Models. With a frame mask, image frames are
+    zeroed on the way in (they leak into no neighbour) and on the way out (they receive nothing).
+    """
+
+    dtype: Dtype = jnp.float32
+    kernel_size: int = 3
+
+    @nn.compact
+    def __call__(self, x: jax.Array, frame_mask: jax.Array | None = None) -> jax.Array:
+        c = x.shape[-1]
+        k = self.kernel_size
+        kernel = param(
+            self,
+            "kernel",
+            nn.initializers.zeros,
+            (k, c, c),
+            (axes.CONV_TIME, axes.CONV_IN, axes.CONV_OUT),
+        )
+        bias = param(self, "bias", nn.initializers.zeros, (c,), (axes.CHANNELS,))
+        gate = _frame_gate(frame_mask, self.dtype)
+        h = x if gate is None else x * gate
+        t = x.shape[1]
+        pad = k // 2
+        hp = jnp.pad(h, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
+        kernel = kernel.astype(self.dtype)
+        # One matmul per tap on shifted frames; 3x faster on XLA:CPU than concatenating the taps.
+        y = sum(jnp.dot(hp[:, i : i + t], kernel[i]) for i in range(k)) + bias.astype(self.dtype)
+        if gate is not None:
+            y = y * gate
+        return x + y
+
+
+class FactorizedConv(nn.Module):
+    """(2+1)D conv: a 3x3 conv per frame, then (optionally) the residual temporal conv."""
+
+    features: int
+    temporal: bool
+    dtype: Dtype = jnp.float32
+    impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, frame_mask: jax.Array | None = None) -> jax.Array:
+        h = SpatialConv(self.features, dtype=self.dtype, impl=self.impl, name="spatial")(x)
+        if self.temporal:
+            h = TemporalConv(dtype=self.dtype, name="temporal")(h, frame_mask)
+        return h
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-(2+1)D conv, FiLM from the conditioning embedding, dropout, second conv.
+
+    x [B, T, H, W, Cin], emb [B, E] -> [B, T, H, W, features].
+    """
+
+    features: int
+    norm_groups: int
+    temporal: bool
+    dropout: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    impl: str = "conv"
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, emb: jax.Array, frame_mask: jax.Array | None = None
+    ) -> jax.Array:
+        h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm1")(x)
+        h = FactorizedConv(self.features, self.temporal, self.dtype, self.impl, name="conv1")(
+            nn.silu(h), frame_mask
+        )
+        film = Dense(2 * self.features, (axes.EMBED, axes.CONV_OUT), self.dtype, name="film")(
+            nn.silu(emb)
+        )  # [B, 2*C]
+        scale, shift = jnp.split(film[:, None, None, None, :], 2, axis=-1)
+        h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h) * (1 + scale) + shift
+        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=self.deterministic)
+        h = FactorizedConv(self.features, self.temporal, self.dtype, self.impl, name="conv2")(
+            h, frame_mask
+        )
+        if x.shape[-1] != self.features:
+            x = Dense(self.features, (axes.CONV_IN, axes.CONV_OUT), self.dtype, name="skip")(x)
+        return (x.astype(self.dtype) + h) / math.sqrt(2.0)
+
+
+class Downsample(nn.Module):
+    """Halves H and W with a stride-2 3x3 conv; optionally halves T by averaging frame pairs."""
+
+    features: int
+    time: bool = False
+    dtype: Dtype = jnp.float32
+    impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, H, W, C]
+        if self.time:
+            b, t = x.shape[:2]
+            x = x.reshape(b, t // 2, 2, *x.shape[2:]).mean(axis=2)  # [B, T/2, H, W, C]
+        return SpatialConv(self.features, stride=2, dtype=self.dtype, impl=self.impl, name="conv")(
+            x
+        )
+
+
+class Upsample(nn.Module):
+    """Doubles H and W (nearest, then a 3x3 conv); optionally doubles T by repeating frames."""
+
+    features: int
+    time: bool = False
+    dtype: Dtype = jnp.float32
+    impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, H, W, C]
+        b, t, h, w, c = x.shape
+        x = jnp.broadcast_to(x[:, :, :, None, :, None], (b, t, h, 2, w, 2, c))
+        x = x.reshape(b, t, 2 * h, 2 * w, c)
+        if self.time:
+            x = jnp.repeat(x, 2, axis=1)
+        return SpatialConv(self.features, dtype=self.dtype, impl=self.impl, name="conv")(x)
+
+
+def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Transformer-style sin/cos features of a scalar per example: [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = x.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class NoiseLevelEmbedding(nn.Module):
+    """Embeds a log-SNR [B] as [B, E]: sinusoidal features, then a 2-layer MLP.
+
+    log-SNR spans roughly [-20, 20]; scaling it by 25 spreads that over the +-500 range that
+    sinusoidal timestep features (periods 2*pi .. 2*pi*1e4) resolve well, as for DDPM step indices.
+    """
+
+    features: int
+    num_frequencies: int
+    dtype: Dtype = jnp.float32
+    scale: float = 25.0
+
+    @nn.compact
+    def __call__(self, log_snr: jax.Array) -> jax.Array:
+        h = sinusoidal_embedding(log_snr * self.scale, self.num_frequencies)
+        h = Dense(self.features, (axes.NORM, axes.MLP), self.dtype, name="dense1")(h)
+        return Dense(self.features, (axes.MLP, axes.EMBED), self.dtype, name="dense2")(nn.silu(h))
+
+
+class PooledTextEmbedding(nn.Module):
+    """Masked mean of the text tokens -> LayerNorm -> 2-layer MLP: [B, L, D], [B, L] -> [B, E].
+
+    An all-padding row pools to zeros (the count is clamped to 1) rather than to NaN.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text_emb: jax.Array, text_mask: jax.Array) -> jax.Array:
+        m = text_mask.astype(jnp.float32)[..., None]  # [B, L, 1]
+        pooled = (text_emb.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        h = LayerNorm(self.dtype, axis_name=axes.EMBED, name="norm")(pooled)
+        h = Dense(self.features, (axes.EMBED, axes.MLP), self.dtype, name="dense1")(h)
+        return Dense(self.features, (axes.MLP, axes.EMBED), self.dtype, name="dense2")(nn.silu(h))
