@@ -64,6 +64,7 @@ setup(
         "console_scripts": [
             # Each entry is added by the issue that builds the command (no stubs).
             "t2v-convert-t5 = t2v_jax.cli.convert_t5:main",
+            "t2v-sample = t2v_jax.cli.sample:main",
         ],
     },
 )

@@ -1,0 +1,546 @@
+"""The cascade: a text encoder and an ordered list of U-Net stages that turn prompts into videos.
+
+A `Stage` is a model config, its parameters and its sampling settings; a `Pipeline` chains them
+(base -> any sequence of temporal / spatial super-resolution stages, as Imagen Video's 7-stage
+cascade). Each stage's whole denoising loop is one jit-compiled `lax.scan`, compiled once per
+(batch, steps, guidance schedule) and reused. Batches are split over the mesh's batch axes, and
+every sample's noise comes from `fold_in(fold_in(key(seed), stage), sample_index)`, so a video
+does not depend on the batch it was drawn in or on the number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t2v_jax import sharding
+from t2v_jax.diffusion import guidance as guidance_lib
+from t2v_jax.diffusion import samplers, schedules
+from t2v_jax.models.config import UNetConfig
+from t2v_jax.models.unet3d import VideoUNet
+from t2v_jax.text.encoder import TextEncoder
+from t2v_jax.upsample import upsample_video
+from t2v_jax.video_io import to_uint8
+
+# Seeds become PRNG keys through jax.random.key, which takes a uint32 seed.
+MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """What a stage produces and how it is sampled.
+
+    Attributes:
+      name: a label ("base", "tsr1", ...), shown in progress bars and errors.
+      kind: "base" (from noise and text), "tsr" (more frames) or "ssr" (more pixels).
+      frames, height, width: the stage's output size.
+      low_frames, low_height, low_width: the size of the stage below (SR stages; 0 for base).
+      fps: frames per second of this stage's output.
+      num_steps: default number of denoising steps.
+      sampler: "ddim", "ddpm" or "dpmpp_2m".
+      guidance_scale: classifier-free guidance weight w (1 = off).
+      guidance_schedule: "constant" or "oscillating" (Imagen Video: w for the first
+        `oscillate_after` steps, then alternating w and `low_guidance_scale`).
+      thresholding: "none", "static" or "dynamic" thresholding of the predicted x0.
+      dynamic_percentile: the quantile of |x0| used by dynamic thresholding.
+      cond_noise_t: time t in [0, 1] of the noise added to the upsampled conditioning video at
+        sampling (noise conditioning augmentation; 0 = clean).
+      schedule: the log-SNR schedule, shared by sampling and the conditioning augmentation.
+    """
+
+    name: str
+    kind: Literal["base", "tsr", "ssr"]
+    frames: int
+    height: int
+    width: int
+    fps: float
+    low_frames: int = 0
+    low_height: int = 0
+    low_width: int = 0
+    num_steps: int = 32
+    sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim"
+    guidance_scale: float = 1.0
+    guidance_schedule: Literal["constant", "oscillating"] = "constant"
+    oscillate_after: int = 0
+    low_guidance_scale: float = 1.0
+    thresholding: Literal["none", "static", "dynamic"] = "dynamic"
+    dynamic_percentile: float = 0.995
+    cond_noise_t: float = 0.0
+    schedule: schedules.ScheduleConfig = dataclasses.field(default_factory=schedules.ScheduleConfig)
+
+    def __post_init__(self):
+        for name in ("frames", "height", "width", "num_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"stage {self.name}: {name} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.kind != "base" and min(self.low_frames, self.low_height, self.low_width) < 1:
+            raise ValueError(
+                f"stage {self.name}: an SR stage needs low_frames/low_height/low_width"
+            )
+        if not 0.0 <= self.cond_noise_t <= 1.0:
+            raise ValueError(f"stage {self.name}: cond_noise_t must be in [0, 1]")
+
+    @property
+    def upsample_kind(self) -> str:
+        time = self.frames != self.low_frames
+        space = (self.height, self.width) != (self.low_height, self.low_width)
+        return "spatiotemporal" if time and space else "temporal" if time else "spatial"
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage of a cascade: sampling settings, architecture and parameters."""
+
+    config: StageConfig
+    model: UNetConfig
+    params: Any
+
+
+def _check_chain(stages: Sequence[Stage]) -> None:
+    if not stages:
+        raise ValueError("stages: a pipeline needs at least one stage")
+    if stages[0].config.kind != "base":
+        raise ValueError(
+            f"stages[0]: the first stage must be kind 'base', got {stages[0].config.kind!r}"
+        )
+    for i, (lower, upper) in enumerate(itertools.pairwise(stages), start=1):
+        lo, up = lower.config, upper.config
+        if up.kind == "base":
+            raise ValueError(f"stages[{i}] ({up.name}): only the first stage may be a base stage")
+        if (up.low_frames, up.low_height, up.low_width) != (lo.frames, lo.height, lo.width):
+            raise ValueError(
+                f"stages[{i}] ({up.name}) expects a {up.low_frames}x{up.low_height}x{up.low_width} "
+                f"input but stages[{i - 1}] ({lo.name}) makes {lo.frames}x{lo.height}x{lo.width}"
+            )
+        if upper.model.cond_channels == 0:
+            raise ValueError(
+                f"stages[{i}] ({up.name}): an SR stage's model needs cond_channels > 0"
+            )
+
+
+def validate_sampling_args(
+    prompts: Any,
+    negative_prompts: Any,
+    num_steps: Any,
+    guidance_scale: Any,
+    seed: Any,
+    num_videos_per_prompt: Any,
+) -> list[str]:
+    """Checks `Pipeline.sample`'s arguments before anything compiles; returns the prompts.
+
+    Raises:
+      ValueError: naming the argument and what is allowed.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError(f"prompts: expected a non-empty list of strings, got {prompts!r}")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise ValueError(
+            f"prompts: every prompt must be a str; item {bad[0]} is {type(prompts[bad[0]]).__name__}"
+        )
+    if negative_prompts is not None:
+        if isinstance(negative_prompts, str):
+            negative_prompts = [negative_prompts]
+        if not isinstance(negative_prompts, Sequence) or not all(
+            isinstance(p, str) for p in negative_prompts
+        ):
+            raise ValueError("negative_prompts: expected None, a str, or a list of str")
+        if len(negative_prompts) not in (1, len(prompts)):
+            raise ValueError(
+                f"negative_prompts: expected 1 or {len(prompts)} (one per prompt), "
+                f"got {len(negative_prompts)}"
+            )
+    steps = num_steps if isinstance(num_steps, Sequence) else [num_steps]
+    for s in steps:
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s <= 0):
+            raise ValueError(
+                f"num_steps: expected a positive int (or None for each stage's default), got {s!r}"
+            )
+    scales = guidance_scale if isinstance(guidance_scale, Sequence) else [guidance_scale]
+    for g in scales:
+        if g is not None and (
+            isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0
+        ):
+            raise ValueError(f"guidance_scale: expected a finite number >= 0 (or None), got {g!r}")
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int | np.integer)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"seed: expected an int in [0, {MAX_SEED}], got {seed!r}")
+    if (
+        isinstance(num_videos_per_prompt, bool)
+        or not isinstance(num_videos_per_prompt, int)
+        or num_videos_per_prompt <= 0
+    ):
+        raise ValueError(
+            f"num_videos_per_prompt: expected a positive int, got {num_videos_per_prompt!r}"
+        )
+    return list(prompts)
+
+
+def _per_stage(value: Any, stages: Sequence[Stage], name: str) -> list[Any]:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != len(stages):
+            raise ValueError(
+                f"{name}: expected one value per stage ({len(stages)}), got {len(value)}"
+            )
+        return list(value)
+    return [value] * len(stages)
+
+
+def device_memory_bytes(device: jax.Device) -> int | None:
+    """The device's memory capacity where the backend reports it (GPU/TPU); None on CPU."""
+    try:
+        stats = device.memory_stats()
+    except (NotImplementedError, RuntimeError):
+        return None
+    return (stats or {}).get("bytes_limit")
+
+
+class MemoryPreflightError(ValueError):
+    """A stage's compiled sampler needs more device memory than the device has."""
+
+
+class Pipeline:
+    """Text encoder + ordered stages; `sample()` turns prompts into uint8 videos.
+
+    Args:
+      text_encoder: the (frozen) `TextEncoder` whose embeddings every stage is conditioned on.
+      stages: the base stage first, then SR stages in order; consecutive shapes must chain.
+      mesh: where to sample; default: all devices as pure data parallelism.
+    """
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        stages: Sequence[Stage],
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        _check_chain(stages)
+        for stage in stages:
+            if stage.model.text_dim != text_encoder.d_model:
+                raise ValueError(
+                    f"stage {stage.config.name}: model.text_dim={stage.model.text_dim} but the "
+                    f"text encoder's d_model is {text_encoder.d_model}"
+                )
+        self.text_encoder = text_encoder
+        self.stages = list(stages)
+        self.mesh = mesh or sharding.make_mesh(sharding.MeshConfig())
+        self._compiled: dict[tuple, Any] = {}
+        self._progress_sink: Callable[[int, int, int], None] | None = None
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of the final stage's videos."""
+        return self.stages[-1].config.fps
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """(T, H, W, C) of one output video."""
+        c = self.stages[-1].config
+        return c.frames, c.height, c.width, self.stages[-1].model.out_channels
+
+    # ---------------------------------------------------------------------------------------
+    # The compiled per-stage sampler.
+
+    def _stage_fn(
+        self, index: int, batch: int, num_steps: int, guidance: guidance_lib.GuidanceConfig,
+        progress: bool,
+    ):  # fmt: skip
+        """jit-compiled `(params, keys, emb, mask, neg_emb, neg_mask, low) -> video` for a stage."""
+        key = (index, batch, num_steps, guidance, progress)
+        if key in self._compiled:
+            return self._compiled[key]
+        stage = self.stages[index]
+        cfg, module = stage.config, VideoUNet(stage.model)
+        shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
+
+        def model_fn(params, x, log_snr, cond):
+            return module.apply(
+                {"params": params},
+                x,
+                log_snr,
+                cond["text_emb"],
+                cond["text_mask"],
+                cond_video=cond.get("cond_video"),
+                cond_log_snr=cond.get("cond_log_snr"),
+            )
+
+        def report(done, total):
+            if self._progress_sink is not None:
+                self._progress_sink(index, done, total)
+
+        def run(params, keys, emb, mask, neg_emb, neg_mask, low):
+            cond = {"text_emb": emb, "text_mask": mask}
+            if low is not None:
+                up = upsample_video(low, (cfg.frames, cfg.height, cfg.width), cfg.upsample_kind)
+                # Noise conditioning augmentation at a fixed level, per-sample noise.
+                aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+                lam = jnp.full(
+                    (batch,), schedules.log_snr(jnp.float32(cfg.cond_noise_t), cfg.schedule)
+                )
+                if cfg.cond_noise_t > 0:
+                    up = schedules.add_noise(
+                        up, samplers.per_sample_normal(aug_keys, up.shape), lam
+                    )
+                cond["cond_video"] = up
+                cond["cond_log_snr"] = lam
+            x = samplers.sample(
+                model_fn,
+                params,
+                keys,
+                cond,
+                shape,
+                num_steps,
+                sampler=cfg.sampler,
+                schedule_cfg=cfg.schedule,
+                guidance=guidance,
+                uncond_cond=None
+                if guidance.is_identity
+                else {"text_emb": neg_emb, "text_mask": neg_mask},
+                thresholding=cfg.thresholding,
+                dynamic_percentile=cfg.dynamic_percentile,
+                progress_fn=report if progress else None,
+            )
+            return jnp.clip(x, -1.0, 1.0)
+
+        batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
+        fn = jax.jit(
+            run,
+            in_shardings=(
+                sharding.replicated(self.mesh),
+                batch_sharded(1),
+                batch_sharded(3),
+                batch_sharded(2),
+                batch_sharded(3),
+                batch_sharded(2),
+                None if index == 0 else batch_sharded(5),
+            ),
+            out_shardings=batch_sharded(5),
+        )
+        self._compiled[key] = fn
+        return fn
+
+    def _preflight(self, fn, args, stage_name: str, batch: int) -> None:
+        """Refuses a stage whose compiled program cannot fit the device (where that is known)."""
+        capacity = device_memory_bytes(self.mesh.devices.flat[0])
+        if capacity is None:
+            return
+        analysis = fn.lower(*args).compile().memory_analysis()
+        if analysis is None:
+            return
+        needed = (
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes
+        )
+        if needed <= capacity:
+            return
+        per_device_batch = max(1, batch // sharding.batch_divisor(self.mesh))
+        fits = int(per_device_batch * capacity / needed) * sharding.batch_divisor(self.mesh)
+        raise MemoryPreflightError(
+            f"stage {stage_name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
+            f"device but the device has {capacity / 2**30:.2f} GiB; the largest batch that fits is "
+            f"about {fits} (fewer prompts or num_videos_per_prompt)"
+        )
+
+    # ---------------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        prompts: Sequence[str] | str,
+        *,
+        negative_prompts: Sequence[str] | str | None = None,
+        num_steps: int | Sequence[int | None] | None = None,
+        guidance_scale: float | Sequence[float | None] | None = None,
+        seed: int = 0,
+        num_videos_per_prompt: int = 1,
+        return_intermediates: bool = False,
+        progress: bool = True,
+        callback: Callable[[str, int, np.ndarray], None] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Samples videos for `prompts`.
+
+        Args:
+          prompts: one prompt or a list.
+          negative_prompts: None (unconditional branch = null text), one prompt for all, or one
+            per prompt; used in place of the null text in classifier-free guidance.
+          num_steps: denoising steps, one value for every stage or a list per stage (None = the
+            stage's default).
+          guidance_scale: guidance weight, one for all stages or a list per stage (None = the
+            stage's default).
+          seed: int in [0, 2**32 - 1]; the same seed gives the same videos whatever the batch.
+          num_videos_per_prompt: videos per prompt (consecutive in the output).
+          return_intermediates: also return each stage's output, {stage name: uint8 videos}.
+          progress: show a tqdm progress bar over all stages and steps.
+          callback: called as callback(stage_name, num_steps, uint8 videos) after each stage.
+
+        Returns:
+          uint8 [len(prompts) * num_videos_per_prompt, T, H, W, 3] (and the intermediates).
+        """
+        prompts = validate_sampling_args(
+            prompts, negative_prompts, num_steps, guidance_scale, seed, num_videos_per_prompt
+        )
+        steps = [
+            s or st.config.num_steps
+            for s, st in zip(
+                _per_stage(num_steps, self.stages, "num_steps"), self.stages, strict=True
+            )
+        ]
+        scales = [
+            st.config.guidance_scale if g is None else float(g)
+            for g, st in zip(
+                _per_stage(guidance_scale, self.stages, "guidance_scale"), self.stages, strict=True
+            )
+        ]
+        expanded = [p for p in prompts for _ in range(num_videos_per_prompt)]
+        n = len(expanded)
+        divisor = sharding.batch_divisor(self.mesh)
+        batch = -(-n // divisor) * divisor  # padded rows are sliced off; noise is per row
+        pad = [""] * (batch - n)
+
+        emb, mask = self.text_encoder.encode(expanded + pad)
+        if negative_prompts is None:
+            neg_emb, neg_mask = jnp.zeros_like(emb), jnp.zeros_like(mask)
+        else:
+            negatives = (
+                [negative_prompts] if isinstance(negative_prompts, str) else list(negative_prompts)
+            )
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            negatives = [q for q in negatives for _ in range(num_videos_per_prompt)]
+            neg_emb, neg_mask = self.text_encoder.encode(negatives + pad)
+        put = lambda a: jax.device_put(a, sharding.batch_sharding(self.mesh, a.ndim))
+        emb, mask, neg_emb, neg_mask = map(put, (emb, mask, neg_emb, neg_mask))
+        root = jax.random.key(int(seed))
+        rows = jnp.arange(batch, dtype=jnp.uint32)
+
+        bar = self._progress_bar(sum(steps)) if progress else None
+        offsets = np.cumsum([0, *steps])
+        self._progress_sink = (
+            (lambda i, done, total: bar.update(max(0, offsets[i] + done - bar.n))) if bar else None
+        )
+        intermediates = {}
+        low = None
+        try:
+            for i, stage in enumerate(self.stages):
+                guidance = guidance_lib.GuidanceConfig(
+                    weight=scales[i],
+                    schedule=stage.config.guidance_schedule,
+                    oscillate_after=stage.config.oscillate_after,
+                    low_weight=stage.config.low_guidance_scale,
+                )
+                keys = put(
+                    jax.vmap(lambda r, i=i: jax.random.fold_in(jax.random.fold_in(root, i), r))(
+                        rows
+                    )
+                )
+                fn = self._stage_fn(i, batch, steps[i], guidance, bar is not None)
+                args = (stage.params, keys, emb, mask, neg_emb, neg_mask, low)
+                self._preflight(fn, args, stage.config.name, batch)
+                low = fn(*args)
+                if return_intermediates or callback is not None:
+                    videos = to_uint8(np.asarray(low[:n]))
+                    if return_intermediates:
+                        intermediates[stage.config.name] = videos
+                    if callback is not None:
+                        callback(stage.config.name, steps[i], videos)
+        finally:
+            self._progress_sink = None
+            if bar is not None:
+                bar.close()
+        out = to_uint8(np.asarray(low[:n]))
+        return (out, intermediates) if return_intermediates else out
+
+    def save(
+        self, path: str | os.PathLike, *, params_dtype: str = "float32", overwrite: bool = False
+    ) -> pathlib.Path:
+        """Writes the pipeline to a folder that `load_pipeline(path)` restores (see pipeline_store)."""
+        from t2v_jax.pipeline_store import save_pipeline
+
+        return save_pipeline(self, path, params_dtype=params_dtype, overwrite=overwrite)
+
+    def _progress_bar(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="sampling", unit="step")
+
+
+def init_stage_params(model: UNetConfig, config: StageConfig, text_dim: int, rng: jax.Array) -> Any:
+    """Randomly initialised parameters for a stage (tests, and the start of training)."""
+    b, t, h, w = 1, config.frames, config.height, config.width
+    x = jnp.zeros((b, t, h, w, model.in_channels))
+    kwargs = {}
+    if model.cond_channels:
+        kwargs = {
+            "cond_video": jnp.zeros((b, t, h, w, model.cond_channels)),
+            "cond_log_snr": jnp.zeros((b,)),
+        }
+    variables = jax.jit(functools.partial(VideoUNet(model).init, **kwargs))(
+        rng, x, jnp.zeros((b,)), jnp.zeros((b, 1, text_dim)), jnp.ones((b, 1), bool)
+    )
+    return nn.unbox(variables["params"])
+
+
+def stage_config_from_experiment(config: Any) -> StageConfig:
+    """The StageConfig of an experiment config (`config.stage` + `config.sampling` + schedule)."""
+    from t2v_jax.configlib import from_config, to_dict
+
+    fields = {**to_dict(config.stage), **to_dict(config.get("sampling", {}))}
+    fields["schedule"] = to_dict(config.diffusion.schedule) if "diffusion" in config else {}
+    return from_config(StageConfig, fields, "stage")
+
+
+def build_pipeline(
+    stage_configs: Sequence[Any],
+    text_encoder: TextEncoder,
+    rng: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Pipeline:
+    """A pipeline with freshly initialised stages from experiment configs (tests, notebooks)."""
+    from t2v_jax.configlib import from_config
+
+    stages = []
+    for i, config in enumerate(stage_configs):
+        stage_cfg = stage_config_from_experiment(config)
+        model = from_config(UNetConfig, config.model, f"stages[{i}].model")
+        params = init_stage_params(
+            model, stage_cfg, text_encoder.d_model, jax.random.fold_in(rng, i)
+        )
+        stages.append(Stage(config=stage_cfg, model=model, params=params))
+    return Pipeline(text_encoder, stages, mesh=mesh)
+
+
+def text_encoder_from_config(text_config: Any, rng: jax.Array) -> TextEncoder:
+    """The experiment's text encoder: `path` (a converted / HF T5 folder) or a fresh tiny T5.
+
+    `text_config` is an experiment's `config.text`: either {"path": folder, "max_length": L}
+    or {"tokenizer": "byte", "max_length": L, "t5": {T5Config fields}}.
+    """
+    from t2v_jax.configlib import ConfigError, from_config
+    from t2v_jax.text import ByteTokenizer, T5Config, load_t5
+
+    max_length = int(text_config.get("max_length", 128))
+    if text_config.get("path"):
+        return load_t5(text_config["path"], max_length=max_length)
+    if text_config.get("tokenizer", "byte") != "byte":
+        raise ConfigError("text.tokenizer: only 'byte' can be built without files; set text.path")
+    t5 = from_config(T5Config, text_config["t5"], "text.t5")
+    return TextEncoder.init_random(t5, ByteTokenizer(), rng, max_length=max_length)
