@@ -258,12 +258,13 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------
     # The compiled per-stage sampler.
 
-    def _stage_fn(
-        self, index: int, batch: int, num_steps: int, guidance: guidance_lib.GuidanceConfig,
-        progress: bool,
-    ):  # fmt: skip
-        """jit-compiled `(params, keys, emb, mask, neg_emb, neg_mask, low) -> video` for a stage."""
-        key = (index, batch, num_steps, guidance, progress)
+    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool, progress: bool):
+        """jit-compiled `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low) -> video`.
+
+        The guidance weights are traced inputs, so changing guidance_scale reuses the compiled
+        loop; only switching guidance on or off (w == 1 skips the unconditional half) recompiles.
+        """
+        key = (index, batch, num_steps, guided, progress)
         if key in self._compiled:
             return self._compiled[key]
         stage = self.stages[index]
@@ -285,7 +286,13 @@ class Pipeline:
             if self._progress_sink is not None:
                 self._progress_sink(index, done, total)
 
-        def run(params, keys, emb, mask, neg_emb, neg_mask, low):
+        def run(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low):
+            guidance = guidance_lib.GuidanceConfig(
+                weight=w if guided else 1.0,
+                schedule=cfg.guidance_schedule,
+                oscillate_after=cfg.oscillate_after,
+                low_weight=w_low if guided else 1.0,
+            )
             cond = {"text_emb": emb, "text_mask": mask}
             if low is not None:
                 up = upsample_video(low, (cfg.frames, cfg.height, cfg.width), cfg.upsample_kind)
@@ -330,6 +337,8 @@ class Pipeline:
                 batch_sharded(3),
                 batch_sharded(2),
                 None if index == 0 else batch_sharded(5),
+                sharding.replicated(self.mesh),
+                sharding.replicated(self.mesh),
             ),
             out_shardings=batch_sharded(5),
         )
@@ -451,8 +460,9 @@ class Pipeline:
                         rows
                     )
                 )
-                fn = self._stage_fn(i, batch, steps[i], guidance, bar is not None)
-                args = (stage.params, keys, emb, mask, neg_emb, neg_mask, low)
+                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity, bar is not None)
+                weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
+                args = (stage.params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
                 self._preflight(fn, args, stage.config.name, batch)
                 low = fn(*args)
                 if return_intermediates or callback is not None:

@@ -76,10 +76,20 @@ def test_same_seed_same_video_whatever_the_batch(pipe):
 
 
 def test_stage_loop_compiles_once_per_shape(pipe):
-    pipe.sample(PROMPTS[:1], seed=0, num_steps=2, progress=False)
-    n = len(pipe._compiled)
-    pipe.sample(PROMPTS[1:2], seed=5, num_steps=2, progress=False)
-    assert len(pipe._compiled) == n
+    def compiles():
+        return sum(fn._cache_size() for fn in pipe._compiled.values())
+
+    a = pipe.sample(PROMPTS[:1], seed=0, num_steps=2, progress=False, guidance_scale=2.0)
+    n = compiles()
+    b = pipe.sample(
+        PROMPTS[1:2], seed=0, num_steps=2, progress=False, guidance_scale=[3.0, 1.5, 1.5]
+    )
+    # A new prompt, seed or guidance weight reuses the compiled loops ...
+    assert compiles() == n
+    assert not np.array_equal(a, b)
+    c = pipe.sample(PROMPTS[:1], seed=0, num_steps=2, progress=False, guidance_scale=5.0)
+    assert compiles() == n
+    assert not np.array_equal(a, c)  # ... and the weight really reaches the model
 
 
 def test_save_load_round_trip_is_bitwise(pipe, saved):

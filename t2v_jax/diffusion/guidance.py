@@ -50,10 +50,13 @@ class GuidanceConfig:
 
     @property
     def is_identity(self) -> bool:
-        """True when every step's weight is exactly 1 (guidance is a no-op)."""
-        if self.schedule == "constant":
-            return self.weight == 1.0
-        return self.weight == 1.0 and self.low_weight == 1.0
+        """True when every step's weight is exactly 1 (guidance is a no-op).
+
+        Weights may be traced arrays (so a jitted sampler need not recompile for a new weight);
+        those are never treated as the identity.
+        """
+        weights = [self.weight] if self.schedule == "constant" else [self.weight, self.low_weight]
+        return all(isinstance(w, int | float) and w == 1.0 for w in weights)
 
 
 def as_guidance_config(guidance: GuidanceConfig | float | None) -> GuidanceConfig:
