@@ -56,6 +56,8 @@ class StageConfig:
       dynamic_percentile: the quantile of |x0| used by dynamic thresholding.
       cond_noise_t: time t in [0, 1] of the noise added to the upsampled conditioning video at
         sampling (noise conditioning augmentation; 0 = clean).
+      spatial_upsample, temporal_upsample: how the stage below is brought to this stage's size
+        (must match what the stage was trained with).
       schedule: the log-SNR schedule, shared by sampling and the conditioning augmentation.
     """
 
@@ -77,6 +79,8 @@ class StageConfig:
     thresholding: Literal["none", "static", "dynamic"] = "dynamic"
     dynamic_percentile: float = 0.995
     cond_noise_t: float = 0.0
+    spatial_upsample: Literal["bilinear", "nearest"] = "bilinear"
+    temporal_upsample: Literal["repeat", "interpolate"] = "repeat"
     schedule: schedules.ScheduleConfig = dataclasses.field(default_factory=schedules.ScheduleConfig)
 
     def __post_init__(self):
@@ -295,7 +299,13 @@ class Pipeline:
             )
             cond = {"text_emb": emb, "text_mask": mask}
             if low is not None:
-                up = upsample_video(low, (cfg.frames, cfg.height, cfg.width), cfg.upsample_kind)
+                up = upsample_video(
+                    low,
+                    (cfg.frames, cfg.height, cfg.width),
+                    cfg.upsample_kind,
+                    spatial_method=cfg.spatial_upsample,
+                    temporal_method=cfg.temporal_upsample,
+                )
                 # Noise conditioning augmentation at a fixed level, per-sample noise.
                 aug_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
                 lam = jnp.full(

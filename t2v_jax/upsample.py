@@ -18,16 +18,28 @@ UpsampleKind = Literal["spatial", "temporal", "spatiotemporal"]
 KINDS = ("spatial", "temporal", "spatiotemporal")
 
 
+SPATIAL_METHODS = ("bilinear", "nearest")
+TEMPORAL_METHODS = ("repeat", "interpolate")
+
+
 def upsample_video(
-    low: jax.Array, target_shape: Sequence[int], kind: UpsampleKind
-) -> jax.Array:  # fmt: skip
+    low: jax.Array,
+    target_shape: Sequence[int],
+    kind: UpsampleKind,
+    *,
+    spatial_method: Literal["bilinear", "nearest"] = "bilinear",
+    temporal_method: Literal["repeat", "interpolate"] = "repeat",
+) -> jax.Array:
     """Brings `low` [B, t, h, w, C] to [B, T, H, W, C].
 
     Args:
       low: the low-resolution video [B, t, h, w, C].
       target_shape: (T, H, W) of the output.
-      kind: "spatial" (t == T; bilinear resize of every frame), "temporal" (h, w == H, W; each
-        frame repeated T // t times) or "spatiotemporal" (both).
+      kind: "spatial" (t == T; every frame resized), "temporal" (h, w == H, W; more frames) or
+        "spatiotemporal" (both).
+      spatial_method: "bilinear" (Imagen Video) or "nearest" resizing of frames.
+      temporal_method: "repeat" (each frame T // t times, Imagen Video) or "interpolate" (linear
+        blend of neighbouring frames, half-frame centres as in image resizing).
 
     Raises:
       ValueError: for an unknown kind, a rank other than 5, a dimension the kind may not change
@@ -35,6 +47,14 @@ def upsample_video(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if spatial_method not in SPATIAL_METHODS:
+        raise ValueError(
+            f"spatial_method must be one of {', '.join(SPATIAL_METHODS)}, got {spatial_method!r}"
+        )
+    if temporal_method not in TEMPORAL_METHODS:
+        raise ValueError(
+            f"temporal_method must be one of {', '.join(TEMPORAL_METHODS)}, got {temporal_method!r}"
+        )
     if low.ndim != 5:
         raise ValueError(f"low must be [B, T, H, W, C], got shape {low.shape}")
     frames, height, width = (int(d) for d in target_shape)
@@ -48,10 +68,12 @@ def upsample_video(
     if frames % t:
         raise ValueError(f"target frames {frames} must be a multiple of the input frames {t}")
     x = low
-    if frames != t:
+    if frames != t and temporal_method == "repeat":
         x = jnp.repeat(x, frames // t, axis=1)  # [B, T, h, w, C]
+    elif frames != t:
+        x = jax.image.resize(x, (x.shape[0], frames, h, w, c), "linear")  # [B, T, h, w, C]
     if (height, width) != (h, w):
         # Upsampling only (antialias matters for downsampling), per frame; half-pixel centres as
         # in every image library, so a constant image stays constant.
-        x = jax.image.resize(x, (x.shape[0], frames, height, width, c), "bilinear")
+        x = jax.image.resize(x, (x.shape[0], frames, height, width, c), spatial_method)
     return x  # [B, T, H, W, C]
