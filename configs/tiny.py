@@ -119,6 +119,16 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
          "prompts": ()}
     )  # fmt: skip
 
+    # Training data (t2v_jax.data.pipeline.DataConfig): the tiny synthetic shapes set. data_dir
+    # None means TFDS's default folder.
+    config.data = ml_collections.ConfigDict(
+        {
+            "name": "shapes/tiny",
+            "data_dir": ml_collections.config_dict.placeholder(str),
+            "split": "train",
+        }
+    )
+
     # One axis may be -1: "all remaining devices". Pure data parallelism by default.
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     config.sharding = ml_collections.ConfigDict(

@@ -1,0 +1,321 @@
+"""The training loop of one stage: data, sharded step, checkpoints, metrics, samples, preemption.
+
+`train_and_evaluate(config, workdir)` is the whole run (what `t2v-train` calls; importable from a
+notebook). It always resumes from `workdir` when a usable checkpoint is there. The loop itself,
+`train(config, workdir, task)`, is model-agnostic: a `Task` says how to create params, what the
+loss is, where batches come from and how to draw samples, so tests can drive it with a stand-in.
+
+Files under the workdir:
+  checkpoints/          orbax steps (state, per-host data position, config)
+  checkpoints_corrupt/  steps found unusable on restore (kept for inspection)
+  tensorboard/          tensorboardX events: scalars and sample frame grids
+  samples/step_N.png    EMA samples, one row per sample, one column per frame
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+
+from t2v_jax import configlib, sharding
+from t2v_jax.train import checkpoint as ckpt_lib
+from t2v_jax.train import state as state_lib
+from t2v_jax.train import step as step_lib
+from t2v_jax.video_io import frame_grid, to_uint8
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """Metrics and samples (`config.log`).
+
+    Fields:
+      every_steps: write scalars to TensorBoard and the console every this many steps.
+      sample_every_steps: draw samples with the EMA params every this many steps (0: never).
+      num_samples: videos per sample round.
+      sample_steps: denoising steps per sample.
+      prompts: captions to sample (cycled to num_samples); empty means the first captions the
+        task provides.
+    """
+
+    every_steps: int = 50
+    sample_every_steps: int = 0
+    num_samples: int = 2
+    sample_steps: int = 16
+    prompts: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            raise ValueError(f"log.every_steps must be >= 1, got {self.every_steps}")
+        if self.sample_every_steps < 0 or self.num_samples < 1 or self.sample_steps < 1:
+            raise ValueError(
+                "log.sample_every_steps must be >= 0 and log.num_samples, log.sample_steps >= 1"
+            )
+
+
+class DataIterator(Protocol):
+    """What the loop needs of a data iterator: this host's batches and a checkpointable position.
+
+    `get_state()` must describe the position after the batches already returned (JSON data or
+    bytes), so that `set_state` on a fresh iterator continues with the exact next batch.
+    """
+
+    def __next__(self) -> dict[str, np.ndarray]: ...
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, state: Any) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything stage-specific the loop needs.
+
+    Attributes:
+      init_params: `rng -> (trainable, frozen)` boxed param trees (see `state.make_init_fn`).
+      loss_fn: `(params, frozen, rng, batch) -> (loss, aux)` (see `step.make_train_step`).
+      make_iterator: `() -> DataIterator` over this host's per-host batches of numpy arrays.
+      sample_fn: optional `(ema_params, frozen, rng, num_samples) -> float [N, T, H, W, 3]` in
+        [-1, 1], run every `log.sample_every_steps`.
+    """
+
+    init_params: state_lib.InitParamsFn
+    loss_fn: step_lib.LossFn
+    make_iterator: Callable[[], DataIterator]
+    sample_fn: Callable[[Any, Any, jax.Array, int], np.ndarray] | None = None
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient; training stopped."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """How a run ended: `status` is "completed" (num_steps reached) or "preempted" (SIGTERM)."""
+
+    state: state_lib.TrainState
+    status: str
+    step: int
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks at step boundaries (main thread only)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Metrics:
+    """Console + TensorBoard scalars and images (TensorBoard on process 0 only)."""
+
+    def __init__(self, workdir: pathlib.Path, global_batch: int):
+        self.global_batch = global_batch
+        self.writer = None
+        if jax.process_index() == 0:
+            from tensorboardX import SummaryWriter  # only the writing process needs it
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+        self._last_time = time.perf_counter()
+        self._last_step: int | None = None
+
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if self._last_step is not None and step > self._last_step:
+            steps_per_s = (step - self._last_step) / (now - self._last_time)
+            metrics = dict(metrics, steps_per_s=steps_per_s,
+                           examples_per_s=steps_per_s * self.global_batch)  # fmt: skip
+        self._last_time, self._last_step = now, step
+        log.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+            self.writer.flush()
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.add_image(name, image, step, dataformats="HWC")
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _write_samples(workdir: pathlib.Path, step: int, videos: np.ndarray) -> np.ndarray:
+    """One row per sample, one column per frame; returns the uint8 grid it wrote."""
+    videos = to_uint8(np.asarray(videos))  # [N, T, H, W, 3]
+    rows = [frame_grid(v, columns=v.shape[0]) for v in videos]
+    grid = np.concatenate(rows, axis=0)
+    if jax.process_index() == 0:
+        from PIL import Image
+
+        folder = workdir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(folder / f"step_{step}.png")
+    return grid
+
+
+def _mesh_and_rules(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None):
+    mesh_cfg = configlib.from_config(sharding.MeshConfig, config.mesh, "mesh")
+    mesh = sharding.make_mesh(mesh_cfg, devices)
+    rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
+    return mesh, rules
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    task: Task,
+    *,
+    devices: Sequence[Any] | None = None,
+) -> TrainResult:
+    """Runs (or resumes) training of `task` in `workdir` up to `config.train.num_steps`.
+
+    Returns on completion or after saving on SIGTERM / a preemption sync point. The mesh is
+    `config.mesh` over `devices` (default: all devices).
+
+    Raises:
+      NonFiniteTrainingError: `train.max_consecutive_skips` steps in a row were non-finite; the
+        newest checkpoint (saved before the streak's state, params unchanged by skips) is kept.
+      ValueError: the global batch does not split over the mesh / processes.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_cfg = configlib.from_config(state_lib.TrainConfig, config.get("train", {}), "train")
+    ckpt_cfg = configlib.from_config(
+        ckpt_lib.CheckpointConfig, config.get("checkpoint", {}), "checkpoint"
+    )
+    log_cfg = configlib.from_config(LogConfig, config.get("log", {}), "log")
+    mesh, rules = _mesh_and_rules(config, devices)
+    if train_cfg.batch_size % sharding.batch_divisor(mesh):
+        raise ValueError(
+            f"train.batch_size={train_cfg.batch_size} must be a multiple of the mesh's "
+            f"data*fsdp={sharding.batch_divisor(mesh)}"
+        )
+    if train_cfg.batch_size % jax.process_count():
+        raise ValueError(
+            f"train.batch_size={train_cfg.batch_size} must split over {jax.process_count()} hosts"
+        )
+
+    optimizer, schedule = state_lib.make_optimizer(train_cfg)
+    init = state_lib.make_init_fn(task.init_params, optimizer)
+    abstract, shardings = state_lib.state_shardings(init, mesh, rules)
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", ckpt_cfg)
+    data = task.make_iterator()
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        state = restored.state
+        data.set_state(restored.data_state)
+        log.info("resumed from %s at step %d", ckpt.directory, restored.step)
+    else:
+        state, _ = state_lib.create_train_state(init, config.get("seed", 0), mesh, rules)
+        log.info("no checkpoint in %s; starting from scratch", ckpt.directory)
+    config_json = configlib.to_dict(config)
+    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
+    jitted = None
+    metrics_out = _Metrics(workdir, train_cfg.batch_size)
+    step = int(jax.device_get(state.step))
+    pending: tuple[int, Any] | None = None  # metrics of the previous step, read one step late
+    status = "completed"
+
+    def drain(pending):
+        # Read metrics one step late, so the host is already queueing the next step while
+        # the device finishes this one (no pipeline bubble from the transfer).
+        done_step, metrics = pending
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if host["consecutive_skips"] >= train_cfg.max_consecutive_skips:
+            ckpt.close()
+            metrics_out.close()
+            raise NonFiniteTrainingError(
+                f"{int(host['consecutive_skips'])} consecutive non-finite steps up to step "
+                f"{done_step} (train.max_consecutive_skips={train_cfg.max_consecutive_skips}); "
+                f"stopped, keeping the last checkpoint (steps {ckpt.all_steps()})"
+            )
+        if host["skipped"]:
+            log.warning("step %d: non-finite loss or gradient, step skipped", done_step)
+        if done_step % log_cfg.every_steps == 0 or done_step == train_cfg.num_steps:
+            metrics_out.scalars(done_step, host)
+
+    with _SigtermFlag() as sigterm:
+        while step < train_cfg.num_steps:
+            batch = sharding.shard_host_batch(next(data), mesh)
+            if jitted is None:
+                jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
+            state, metrics = jitted(state, batch)
+            step += 1
+            if pending is not None:
+                drain(pending)
+            pending = (step, metrics)
+            if ckpt.should_save(step):
+                # Inside a streak of non-finite steps, saving would rotate the last good
+                # checkpoint out (keep N) for no gain: skipped steps leave the params unchanged.
+                if int(jax.device_get(state.consecutive_skips)):
+                    log.warning("step %d: not saving inside a run of non-finite steps", step)
+                else:
+                    ckpt.save(step, state, data.get_state(), config_json)
+            if (
+                task.sample_fn is not None
+                and log_cfg.sample_every_steps
+                and step % log_cfg.sample_every_steps == 0
+            ):
+                videos = task.sample_fn(
+                    state.ema_params, state.frozen, jax.random.PRNGKey(step), log_cfg.num_samples
+                )
+                grid = _write_samples(workdir, step, jax.device_get(videos))
+                metrics_out.image(step, "samples/ema", grid)
+            if sigterm.raised or ckpt.reached_preemption(step):
+                status = "preempted"
+                break
+        if pending is not None:
+            drain(pending)
+        ckpt.save(step, state, data.get_state(), config_json, force=True)
+        ckpt.close()
+    metrics_out.close()
+    if status == "preempted":
+        log.warning("preempted: saved step %d to %s; exiting cleanly", step, ckpt.directory)
+    return TrainResult(state=state, status=status, step=step)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    devices: Sequence[Any] | None = None,
+) -> TrainResult:
+    """Trains the stage described by `config` in `workdir` (resuming if possible).
+
+    The stage (base / tsr / ssr), model, text tower, diffusion settings and data all come from
+    `config`; see `configs/tiny.py` for the sections. `devices` defaults to all devices.
+    """
+    from t2v_jax.train import task as task_lib  # the model stack is only needed here
+
+    train_cfg = configlib.from_config(state_lib.TrainConfig, config.get("train", {}), "train")
+    if train_cfg.distributed_init and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    return train(config, workdir, task_lib.diffusion_task(config), devices=devices)

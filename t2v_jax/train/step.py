@@ -1,0 +1,102 @@
+"""The pure train step (loss, grads, clip, AdamW, EMA, NaN/Inf skip) and its sharded jit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from t2v_jax import sharding
+from t2v_jax.train.state import TrainState
+
+# loss_fn(params, frozen, rng, batch) -> (scalar loss, aux dict of scalars)
+LossFn = Callable[[Any, Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, Any]]
+StepFn = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+    # An elementwise select (not lax.cond) so the old values come back bit for bit and both
+    # branches stay in one fused program.
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+    ema_decay: float,
+) -> StepFn:
+    """Builds `train_step(state, batch) -> (state, metrics)`, a pure function to jit.
+
+    The step's randomness is `fold_in(state.rng, state.step)`, so a step's result depends only
+    on (state, batch), never on how the run got there. A step whose loss or gradients are not
+    finite returns the state unchanged except `step` (+1), `skipped_steps` (+1) and
+    `consecutive_skips` (+1); a finite step resets `consecutive_skips` to 0.
+
+    Metrics (scalars): loss, grad_norm (before clipping), learning_rate (of this update),
+    skipped (0/1), skipped_steps, consecutive_skips, and the loss's aux scalars.
+    """
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, state.frozen, rng, batch)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = ema_update(state.ema_params, params, ema_decay)
+        skipped = (~finite).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=_select(finite, params, state.params),
+            ema_params=_select(finite, ema_params, state.ema_params),
+            opt_state=_select(finite, opt_state, state.opt_state),
+            skipped_steps=state.skipped_steps + skipped,
+            consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            # The optimizer's count = applied updates = consumed steps minus skipped ones.
+            "learning_rate": lr_schedule(state.step - state.skipped_steps),
+            "skipped": skipped,
+            "skipped_steps": new_state.skipped_steps,
+            "consecutive_skips": new_state.consecutive_skips,
+        }
+        metrics.update({k: v for k, v in dict(aux or {}).items() if jnp.ndim(v) == 0})
+        return new_state, metrics
+
+    return train_step
+
+
+def batch_shardings(batch_spec: Mapping[str, Any], mesh: Mesh) -> dict[str, Any]:
+    """Batch-axis NamedShardings for every entry of a batch (arrays or ShapeDtypeStructs)."""
+    return {k: sharding.batch_sharding(mesh, len(np.shape(v))) for k, v in batch_spec.items()}
+
+
+def jit_train_step(
+    train_step: StepFn, state_shardings: Any, batch_spec: Mapping[str, Any], mesh: Mesh
+) -> Callable:
+    """Jits the step once with explicit in/out shardings and the state donated.
+
+    Donating the state lets XLA update params and optimizer moments in place (no second copy
+    of the state in device memory); the caller must not touch the old state afterwards.
+    """
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings(batch_spec, mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )

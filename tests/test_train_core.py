@@ -1,0 +1,243 @@
+"""Train state, sharded step, NaN skip and checkpoints, on a tiny stand-in model (fast)."""
+
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t2v_jax import axes, sharding
+from t2v_jax.train import checkpoint as ckpt_lib
+from t2v_jax.train import state as state_lib
+from t2v_jax.train import step as step_lib
+
+BATCH_SHAPE = (8, 2, 4, 4, 3)  # [B, T, H, W, C]
+
+
+class StandIn(nn.Module):
+    """Two logically named dense layers over channels: enough to shard over fsdp=4."""
+
+    @nn.compact
+    def __call__(self, x):
+        w1 = self.param(
+            "w1",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.CHANNELS, axes.MLP)),
+            (3, 8),
+        )
+        w2 = self.param(
+            "w2",
+            nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (axes.CONV_IN, axes.CONV_OUT)
+            ),
+            (8, 3),
+        )
+        b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, (axes.NORM,)), (3,))
+        return jnp.tanh(x @ w1) @ w2 + b
+
+
+def loss_fn(params, frozen, rng, batch):
+    del frozen
+    x = batch["video"]
+    noise = jax.random.normal(rng, x.shape)
+    pred = StandIn().apply({"params": params["model"]}, x + noise)
+    loss = jnp.mean((pred - noise) ** 2)
+    return loss, {"mse": loss}
+
+
+def init_params(rng):
+    params = StandIn().init(rng, jnp.zeros(BATCH_SHAPE))["params"]
+    return {"model": params}, {}
+
+
+def make_batch(i):
+    rng = np.random.default_rng(1000 + i)
+    return {"video": rng.uniform(-1, 1, BATCH_SHAPE).astype(np.float32)}
+
+
+def setup(mesh, cfg=None):
+    cfg = cfg or state_lib.TrainConfig(learning_rate=1e-2, warmup_steps=2, num_steps=20)
+    optimizer, schedule = state_lib.make_optimizer(cfg)
+    init = state_lib.make_init_fn(init_params, optimizer)
+    state, shardings = state_lib.create_train_state(init, 0, mesh, sharding.DEFAULT_RULES)
+    fn = step_lib.make_train_step(loss_fn, optimizer, schedule, 0.9)
+    step = step_lib.jit_train_step(fn, shardings, make_batch(0), mesh)
+    return init, state, shardings, step
+
+
+def run(mesh, steps, batches=make_batch):
+    _, state, _, step = setup(mesh)
+    metrics = []
+    for i in range(steps):
+        state, m = step(state, sharding.shard_host_batch(batches(i), mesh))
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+def mesh_of(data, fsdp):
+    return sharding.make_mesh(
+        sharding.MeshConfig(data=data, fsdp=fsdp), jax.devices()[: data * fsdp]
+    )
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_state_is_created_sharded_with_logical_names():
+    mesh = mesh_of(2, 4)
+    _, state, shardings, _ = setup(mesh)
+    w2 = state.params["model"]["w2"]
+    assert w2.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert w2.addressable_shards[0].data.shape == (2, 3)
+    # The Adam moments shard like the params they follow.
+    mu = state.opt_state[1][0].mu["model"]["w2"]
+    assert mu.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert shardings.params["model"]["w2"].spec == w2.sharding.spec
+    assert int(state.step) == 0 and state.rng.dtype == jnp.uint32
+    # EMA starts as an exact copy of the params.
+    assert_trees_equal(state.ema_params, state.params)
+
+
+def test_sharded_step_equals_single_device_step():
+    sharded, m8 = run(mesh_of(2, 4), 4)
+    single, m1 = run(mesh_of(1, 1), 4)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    np.testing.assert_allclose([m["loss"] for m in m8], [m["loss"] for m in m1], atol=1e-6)
+    assert int(sharded.step) == 4
+
+
+def test_step_matches_hand_written_adamw_and_ema():
+    """One step against Adam's closed-form first update and the EMA formula."""
+    mesh = mesh_of(1, 1)
+    cfg = state_lib.TrainConfig(learning_rate=1e-2, warmup_steps=0, lr_schedule="constant",
+                                grad_clip_norm=0.0, weight_decay=0.0)  # fmt: skip
+    _, state, _, step = setup(mesh, cfg)
+    before = jax.device_get(state)
+    batch = make_batch(0)
+    new, metrics = step(state, sharding.shard_host_batch(batch, mesh))
+    rng = jax.random.fold_in(before.rng, 0)
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss, _), grads = grad_fn(before.params, {}, rng, batch)
+    # Adam's first step in closed form: the bias-corrected moments are g and g**2, so the
+    # update is -lr * g / (|g| + eps).
+    expect = jax.tree.map(lambda p, g: p - 1e-2 * g / (np.abs(g) + 1e-8), before.params, grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new.params, expect)
+    ema = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, before.params, expect)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new.ema_params, ema)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics["grad_norm"],
+        np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(metrics["learning_rate"], 1e-2)
+
+
+def test_nan_batch_skips_exactly_that_step():
+    def poisoned(i):
+        batch = make_batch(i)
+        if i == 2:
+            batch["video"][0, 0, 0, 0, 0] = np.nan
+        return batch
+
+    mesh = mesh_of(2, 4)
+    _, state, _, step = setup(mesh)
+    clean_states, poisoned_states, metrics = [], [], []
+    for batches, out in ((make_batch, clean_states), (poisoned, poisoned_states)):
+        _, state, _, step = setup(mesh)
+        for i in range(4):
+            state, m = step(state, sharding.shard_host_batch(batches(i), mesh))
+            out.append(jax.device_get(state))
+            if batches is poisoned:
+                metrics.append(jax.device_get(m))
+    # Before the NaN: identical to the clean run.
+    assert_trees_equal(poisoned_states[1], clean_states[1])
+    # The NaN step: nothing trained changed, only the counters moved.
+    before, after = poisoned_states[1], poisoned_states[2]
+    for name in ("params", "ema_params", "opt_state", "rng", "frozen"):
+        assert_trees_equal(getattr(after, name), getattr(before, name))
+    assert (int(after.step), int(after.skipped_steps), int(after.consecutive_skips)) == (3, 1, 1)
+    assert [int(m["skipped"]) for m in metrics] == [0, 0, 1, 0]
+    assert not np.isfinite(metrics[2]["loss"])
+    # The next step trains again and resets the consecutive counter.
+    last = poisoned_states[3]
+    assert int(last.consecutive_skips) == 0 and int(last.skipped_steps) == 1
+    assert np.isfinite(metrics[3]["loss"])
+    assert not np.array_equal(last.params["model"]["w2"], after.params["model"]["w2"])
+
+
+def test_two_runs_with_the_same_seed_are_bitwise_equal():
+    a, ma = run(mesh_of(2, 4), 3)
+    b, mb = run(mesh_of(2, 4), 3)
+    assert_trees_equal(a, b)
+    assert_trees_equal(ma, mb)
+
+
+def _saved_run(tmp_path, steps, every=2, keep=5):
+    mesh = mesh_of(2, 4)
+    init, state, _, step = setup(mesh)
+    ckpt = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(every, keep, True))
+    for i in range(steps):
+        state, _ = step(state, sharding.shard_host_batch(make_batch(i), mesh))
+        ckpt.save(i + 1, state, {"position": i + 1}, {"seed": 0})
+    ckpt.wait()
+    return init, jax.device_get(state), ckpt
+
+
+def test_restore_onto_a_different_mesh_gives_identical_values(tmp_path):
+    init, saved, ckpt = _saved_run(tmp_path, 4)
+    assert ckpt.all_steps() == [2, 4]
+    ckpt.close()
+    for data, fsdp in ((8, 1), (1, 1), (2, 4)):
+        mesh = mesh_of(data, fsdp)
+        abstract, _ = state_lib.state_shardings(init, mesh, sharding.DEFAULT_RULES)
+        reader = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(2, 5, True))
+        restored = reader.restore_latest(abstract)
+        reader.close()
+        assert restored.step == 4 and restored.data_state == {"position": 4}
+        assert restored.meta["config"] == {"seed": 0}
+        assert_trees_equal(jax.device_get(restored.state), saved)
+        w2 = restored.state.params["model"]["w2"]
+        assert w2.sharding.mesh.shape == mesh.shape
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog, damage):
+    init, _, ckpt = _saved_run(tmp_path, 4)
+    ckpt.close()
+    # The array data of the newest step: truncate a chunk file, or flip bytes in the largest one.
+    files = sorted(
+        (p for p in (tmp_path / "ckpt" / "4" / "state").rglob("*") if p.is_file()),
+        key=lambda p: p.stat().st_size,
+    )
+    target = [p for p in files if "d" in p.parts or "ocdbt" in str(p)] or files
+    victim = target[-1]
+    raw = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        victim.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:
+        mid = len(raw) // 2
+        raw[mid : mid + 8] = bytes(b ^ 0xFF for b in raw[mid : mid + 8])
+        victim.write_bytes(bytes(raw))
+    mesh = mesh_of(2, 4)
+    abstract, _ = state_lib.state_shardings(init, mesh, sharding.DEFAULT_RULES)
+    reader = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(2, 5, True))
+    with caplog.at_level(logging.WARNING, logger="t2v_jax.train.checkpoint"):
+        restored = reader.restore_latest(abstract)
+    reader.close()
+    assert restored.step == 2 and restored.data_state == {"position": 2}
+    assert "step 4" in caplog.text and "falling back to step 2" in caplog.text
+    assert reader.all_steps() == [2]
+    assert list((tmp_path / "ckpt_corrupt").iterdir())
+
+
+def test_fingerprint_sees_one_flipped_bit_and_swapped_values():
+    x = jnp.arange(16, dtype=jnp.float32)
+    base = ckpt_lib.fingerprint({"x": x})
+    flipped = jax.lax.bitcast_convert_type(x, jnp.uint32).at[5].add(1)
+    assert ckpt_lib.fingerprint({"x": jax.lax.bitcast_convert_type(flipped, jnp.float32)}) != base
+    assert ckpt_lib.fingerprint({"x": x[::-1]}) != base
+    assert ckpt_lib.fingerprint({"x": x}) == base

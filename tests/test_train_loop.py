@@ -1,0 +1,220 @@
+"""The training loop on a stand-in model: resume, SIGTERM, SIGKILL at random points, divergence.
+
+Runs that must be signalled execute this file as a subprocess (`python tests/test_train_loop.py
+WORKDIR STEPS`), so the same task definition drives both the in-process and the killed runs.
+"""
+
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+if __name__ == "__main__":  # a worker process: the same devices and cache as the test session
+    os.environ["XLA_FLAGS"] = (
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    )
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from t2v_jax import axes
+from t2v_jax.train import checkpoint as ckpt_lib
+from t2v_jax.train import loop
+from t2v_jax.train import state as state_lib
+
+BATCH_SHAPE = (8, 2, 4, 4, 3)  # [B, T, H, W, C]
+
+
+class StandIn(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w1 = self.param(
+            "w1", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.CHANNELS, axes.MLP)), (3, 8)
+        )  # fmt: skip
+        w2 = self.param(
+            "w2", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (axes.CONV_IN, axes.CONV_OUT)), (8, 3)
+        )  # fmt: skip
+        return jnp.tanh(x @ w1) @ w2
+
+
+def loss_fn(params, frozen, rng, batch):
+    del frozen
+    noise = jax.random.normal(rng, batch["video"].shape)
+    pred = StandIn().apply({"params": params["model"]}, batch["video"] + noise)
+    return jnp.mean((pred - noise) ** 2), {}
+
+
+def init_params(rng):
+    return {"model": StandIn().init(rng, jnp.zeros(BATCH_SHAPE))["params"]}, {}
+
+
+class NumpyBatches:
+    """A deterministic batch source with a JSON position; optionally poisoned or slow."""
+
+    def __init__(self, nan_from=None, delay=0.0):
+        self.position = 0
+        self.nan_from = nan_from
+        self.delay = delay
+
+    def __next__(self):
+        time.sleep(self.delay)
+        rng = np.random.default_rng(self.position)
+        video = rng.uniform(-1, 1, BATCH_SHAPE).astype(np.float32)
+        if self.nan_from is not None and self.position >= self.nan_from:
+            video[0, 0, 0, 0, 0] = np.inf
+        self.position += 1
+        return {"video": video}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+def make_config(steps, every=3, max_skips=10):
+    return ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "mesh": {"data": 2, "fsdp": 4, "tensor": 1},
+            "train": {"batch_size": 8, "num_steps": steps, "learning_rate": 1e-2,
+                      "warmup_steps": 2, "lr_schedule": "constant", "ema_decay": 0.9, "max_consecutive_skips": max_skips},
+            "checkpoint": {"every_steps": every, "keep": 2, "async_save": True},
+            "log": {"every_steps": 1},
+        }
+    )  # fmt: skip
+
+
+def make_task(nan_from=None, delay=0.0):
+    return loop.Task(init_params, loss_fn, lambda: NumpyBatches(nan_from, delay))
+
+
+def read_final(workdir, steps):
+    optimizer, _ = state_lib.make_optimizer(state_lib.TrainConfig(**make_config(steps).train))
+    init = state_lib.make_init_fn(init_params, optimizer)
+    mesh, rules = loop._mesh_and_rules(make_config(steps))
+    abstract, _ = state_lib.state_shardings(init, mesh, rules)
+    ckpt = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", ckpt_lib.CheckpointConfig())
+    restored = ckpt.restore_latest(abstract)
+    ckpt.close()
+    return restored
+
+
+def spawn(workdir, steps, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, __file__, str(workdir), str(steps), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def wait_for_line(proc, needle, timeout=120):
+    start = time.time()
+    lines = []
+    while time.time() - start < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"never saw {needle!r}; output:\n{''.join(lines)}")
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Stop at step 4 (num_steps=4), resume to 7: bitwise the run that went to 7 at once."""
+    loop.train(make_config(4), tmp_path / "a", make_task())
+    resumed = loop.train(make_config(7), tmp_path / "a", make_task())
+    straight = loop.train(make_config(7), tmp_path / "b", make_task())
+    assert resumed.step == straight.step == 7
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state),
+                 jax.device_get(straight.state))  # fmt: skip
+    assert read_final(tmp_path / "a", 7).data_state == {"position": 7}
+
+
+def test_consecutive_non_finite_steps_stop_and_keep_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(loop.NonFiniteTrainingError, match="3 consecutive non-finite"):
+        loop.train(make_config(20, every=2, max_skips=3), tmp_path, make_task(nan_from=5))
+    # Steps 6, 7, 8 were non-finite: no checkpoint was written during the streak, so the
+    # newest one is the last good step.
+    restored = read_final(tmp_path, 20)
+    assert restored.step == 4 and restored.data_state == {"position": 4}
+    assert int(restored.state.skipped_steps) == 0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    proc = spawn(tmp_path, 300, "--delay=0.05")
+    wait_for_line(proc, "step 5:")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "preempted" in out
+    restored = read_final(tmp_path, 300)
+    assert 5 <= restored.step < 300
+    assert restored.data_state == {"position": restored.step}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_is_bitwise_exact(tmp_path):
+    steps = 24
+    # The reference runs in a fresh process too: resumed runs always do, and this test is about
+    # what a restart changes, not about what earlier tests left in this process.
+    ref = spawn(tmp_path / "straight", steps)
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out
+    straight = read_final(tmp_path / "straight", steps)
+    rnd = random.Random(0)
+    workdir = tmp_path / "killed"
+    # Two kills at random steps, one while an async save is being written.
+    for needle in (f"step {rnd.randint(2, 8)}:", "SAVING", f"step {rnd.randint(14, 20)}:"):
+        proc = spawn(workdir, steps, "--delay=0.02", "--slow-save")
+        wait_for_line(proc, needle)
+        proc.kill()
+        proc.wait()
+    proc = spawn(workdir, steps)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    restored = read_final(workdir, steps)
+    assert restored.step == steps
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.state),
+                 jax.device_get(straight.state))  # fmt: skip
+
+
+def _worker(argv):
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
+    jax.config.update(
+        "jax_compilation_cache_dir",
+        os.environ.get("T2V_TEST_COMPILATION_CACHE",
+                       os.path.join(os.path.expanduser("~"), ".cache", "t2v_jax_tests_xla")),
+    )  # fmt: skip
+    workdir, steps = argv[0], int(argv[1])
+    delay = float(next((a.split("=")[1] for a in argv if a.startswith("--delay=")), 0.0))
+    if "--slow-save" in argv:
+        original = ckpt_lib.DataStateHandler.save
+
+        def slow_save(self, directory, args):
+            print("SAVING", flush=True)
+            time.sleep(0.5)
+            original(self, directory, args)
+
+        ckpt_lib.DataStateHandler.save = slow_save
+    result = loop.train(make_config(steps, every=2), workdir, make_task(delay=delay))
+    print(f"status {result.status} step {result.step}", flush=True)
+    if result.status == "preempted":
+        print("preempted", flush=True)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])
