@@ -1,0 +1,111 @@
+"""Pod pre-flight: divisibility errors name the config field; a shrunk paper stage compiles on 64 fake devices."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from t2v_jax import aot, configlib, sharding
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _paper_stage(name: str, shrink: int = 8):
+    config = configlib.load_config(str(ROOT / f"configs/imagen_video.py:{name}"))
+    return aot.shrink_config(config, shrink)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("v5e", 16 * 2**30),
+        ("v5p", 95 * 2**30),
+        ("v5e=16GB", 16 * 10**9),
+        ("chip=1.5GiB", int(1.5 * 2**30)),
+        ("123456", 123456),
+    ],
+)
+def test_parse_budget(text, expected):
+    assert aot.parse_budget(text)[1] == expected
+
+
+def test_parse_budget_rejects_unknown():
+    with pytest.raises(ValueError, match="budget"):
+        aot.parse_budget("v99")
+
+
+def test_shrink_keeps_a_valid_config():
+    from t2v_jax.models.config import UNetConfig
+
+    config = _paper_stage("base", 8)
+    model = configlib.from_config(UNetConfig, config.model, "model")
+    assert model.base_channels == 704 // 8
+    assert model.text_dim == 4096 // 8
+    assert model.channel_mults == (1, 2, 4, 4)  # depth and shapes are kept
+
+
+def _fail_if_compiled(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("divisibility must be checked before lowering")
+
+    monkeypatch.setattr(aot, "lower_train_step", boom)
+
+
+def test_indivisible_heads_name_the_field_before_compiling(monkeypatch):
+    _fail_if_compiled(monkeypatch)
+    config = _paper_stage("tsr1", 8)  # attention at level 3: 256 channels
+    config.model.head_dim = 128  # -> 2 heads, not divisible by tensor=8
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 8))
+    with pytest.raises(aot.PreflightError, match=r"model\.head_dim.*2 heads.*tensor=8"):
+        aot.preflight(config, mesh, batch_size=8)
+
+
+def test_indivisible_batch_names_the_field_before_compiling(monkeypatch):
+    _fail_if_compiled(monkeypatch)
+    config = _paper_stage("base", 8)
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 4, 1))
+    with pytest.raises(aot.PreflightError, match=r"train\.batch_size=12 .*data\*fsdp=8"):
+        aot.preflight(config, mesh, batch_size=12)
+
+
+def test_indivisible_channels_name_the_field(monkeypatch):
+    _fail_if_compiled(monkeypatch)
+    config = _paper_stage("ssr3", 8)  # base_channels 16
+    config.model.base_channels = 12
+    config.model.norm_groups = 4
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 8, 1))
+    with pytest.raises(aot.PreflightError, match=r"model\.base_channels=12 .*fsdp=8"):
+        aot.preflight(config, mesh, batch_size=8)
+
+
+def test_over_budget_names_the_program():
+    report = aot.PreflightReport(
+        stage="x", mesh={"data": 1, "fsdp": 1, "tensor": 1}, batch_size=1, sample_batch_size=1,
+        num_params=1, params_bytes=4, ema_bytes=4, optimizer_bytes=8,
+        train={"total_bytes": 2 * 2**30}, sampler={"total_bytes": 2**20}, compile_s={},
+        budget_label="small", budget_bytes=2**30,
+    )  # fmt: skip
+    assert report.over_budget() == ["train step"]
+    assert "DOES NOT FIT (train step)" in aot.format_report(report)
+
+
+@pytest.mark.slow
+def test_shrunk_paper_stage_compiles_on_64_fake_devices(tmp_path):
+    # A subprocess: the fake device count must be set before jax starts.
+    out = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, str(ROOT / "tools/aot_check.py"), "--stages", "tsr1",
+           "--mesh", "8,8,1", "--batch", "64", "--shrink", "16", "--budget", "v5e",
+           "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    (report,) = json.loads(out.read_text())
+    assert report["fits"] and report["mesh"] == {"data": 8, "fsdp": 8, "tensor": 1}
+    # FSDP over 8: each device holds ~1/8 of the fp32 params (small replicated leaves aside).
+    full = report["num_params"] * 4
+    assert full / 8 <= report["params_bytes"] < full / 4
+    assert report["optimizer_bytes"] >= 2 * report["params_bytes"] * 0.9  # AdamW mu + nu
+    assert report["train"]["temp_bytes"] > 0 and report["sampler"]["total_bytes"] > 0
