@@ -12,6 +12,8 @@ The argument picks the stage: "base" (default), "tsr" or "ssr".
 
 import ml_collections
 
+from t2v_jax import sharding
+
 STAGES = ("base", "tsr", "ssr")
 
 
@@ -131,28 +133,9 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
 
     # One axis may be -1: "all remaining devices". Pure data parallelism by default.
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # The logical-axis -> mesh-axis table is config data; start from the library's default and
+    # override entries here or on the command line.
     config.sharding = ml_collections.ConfigDict(
-        {
-            "rules": [
-                ["batch", ["data", "fsdp"]],
-                ["frames", None],
-                ["height", None],
-                ["width", None],
-                ["length", None],
-                ["embed", "fsdp"],
-                ["conv_in", "fsdp"],
-                ["conv_out", "tensor"],
-                ["channels", None],
-                ["conv_space", None],
-                ["conv_time", None],
-                ["heads", "tensor"],
-                ["kv", None],
-                ["mlp", "tensor"],
-                ["vocab", "tensor"],
-                ["rel_pos", None],
-                ["norm", None],
-                ["layers", None],
-            ]
-        }
+        {"rules": [[name, target] for name, target in sharding.DEFAULT_RULES]}
     )
     return config
