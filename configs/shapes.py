@@ -1,0 +1,184 @@
+"""The embedded demo cascade: base 8x16x16 -> TSR 16x16x16 -> SSR 16x32x32, trained on `shapes`.
+
+Imagen Video's interleaving at toy scale: the base stage draws 8 frames of 16x16 from the text
+(every second frame of a 2 s clip, 4 fps), the temporal SR stage fills in the missing frames
+(16 frames, 8 fps), and a fully convolutional spatial SR stage doubles the resolution to 32x32.
+All stages train on the TFDS `shapes/32x16` clips (32x32, 16 frames, 20k train examples; the
+data pipeline downsamples and subsamples them per stage), which hold out four (colour, shape,
+motion) combinations for the eval's held-out accuracy.
+
+Text: a small T5 encoder over UTF-8 bytes (ByT5-style, no tokenizer files), trained jointly with
+the base stage from random init (no pretrained weights can be downloaded here, and a frozen
+random encoder only offers the U-Net random features of the bytes). The SR stages reuse that
+trained encoder frozen: `tools/train_demo.sh` exports it after the base stage and passes
+`--config.text.path=<base workdir>/text_encoder`. Without a path (tests, smoke runs) an SR stage
+builds a frozen random T5 of the same architecture.
+
+Run (all stages one after another, then export; resumable, nohup-able):
+  nohup tools/train_demo.sh /tmp/shapes_demo > /tmp/shapes_demo.log 2>&1 &
+One stage:
+  t2v-train --config configs/shapes.py:base --workdir /tmp/shapes_demo/base
+Cost (an estimate; the demo has not been trained yet): per train step at batch 8, XLA's cost
+analysis counts ~50 GFLOP (base), 67 (TSR) and 57 (SSR, 16x16 crops). Measured on this
+project's 2-core CPU while other jobs shared it (XLA default optimisation level): base 3.0-3.4 s
+per step, TSR 4.2-5.6 s, SSR 2.6-3.7 s (XLA:CPU keeps about one core busy on these narrow
+nets), so the num_steps below are about 1 h per stage, ~3 h in all, and only ~10k clips per
+stage: more steps (or a GPU) should improve adherence. Check the steps_per_s that t2v-train
+logs and scale train.num_steps to the budget. Smoke run: --config.train.num_steps=3
+--config.log.sample_every_steps=0.
+
+The argument picks the stage: "base" (default), "tsr" or "ssr".
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from t2v_jax import sharding
+
+STAGES = ("base", "tsr", "ssr")
+
+_SHAPES = {  # frames, height, width of each stage's output and of its input (SR stages)
+    "base": {"frames": 8, "height": 16, "width": 16, "low": (0, 0, 0), "fps": 4},
+    "tsr": {"frames": 16, "height": 16, "width": 16, "low": (8, 16, 16), "fps": 8},
+    "ssr": {"frames": 16, "height": 32, "width": 32, "low": (16, 16, 16), "fps": 8},
+}
+# Text: bytes of the longest caption (two objects) are ~80; 96 leaves room for user prompts.
+_TEXT_DIM = 128
+
+
+def _model(stage: str) -> dict:
+    """The VideoUNet of each stage (t2v_jax.models.config.UNetConfig fields)."""
+    common = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "cond_channels": 0 if stage == "base" else 3,
+        "text_dim": _TEXT_DIM,
+        "num_heads": 4,
+        "norm_groups": 8,
+        "use_pooled_text": True,
+        "spatial_conv_impl": "matmul",  # faster on XLA:CPU, same result as lax.conv
+    }
+    if stage == "base":
+        # 16 -> 8 -> 4 pixels; attention (spatial, temporal, cross) at 8x8 and 4x4; temporal
+        # convs everywhere as well, since motion is half of what the prompt asks for.
+        # One ResBlock at 16x16 (where convs cost the most), two at the attention levels.
+        return {**common, "base_channels": 32, "channel_mults": (1, 2, 2),
+                "num_res_blocks": (1, 2, 2), "spatial_attention_resolutions": (2, 4),
+                "temporal_mixing": "both", "cross_attention": True}  # fmt: skip
+    if stage == "tsr":
+        # Temporal convs (Imagen Video's SR stages); cross-attention at 8x8 only.
+        return {**common, "base_channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1,
+                "spatial_attention_resolutions": (2,), "temporal_mixing": "conv",
+                "cross_attention": True}  # fmt: skip
+    # SSR: fully convolutional (text only through the pooled embedding), so it trains on
+    # 16x16 crops (a quarter of the cost) and samples full 32x32 frames.
+    return {**common, "base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
+            "spatial_attention_resolutions": (), "temporal_mixing": "conv",
+            "cross_attention": False}  # fmt: skip
+
+
+def get_config(arg: str = "base") -> ml_collections.ConfigDict:
+    if arg not in STAGES:
+        raise ValueError(f"configs/shapes.py: stage must be one of {STAGES}, got {arg!r}")
+    shape = _SHAPES[arg]
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.stage = ml_collections.ConfigDict(
+        {
+            "name": arg,
+            "kind": arg,
+            "frames": shape["frames"],
+            "height": shape["height"],
+            "width": shape["width"],
+            "low_frames": shape["low"][0],
+            "low_height": shape["low"][1],
+            "low_width": shape["low"][2],
+            "fps": shape["fps"],
+            # The base stage sees every second frame of the 16-frame source clips.
+            "frame_stride": 2 if arg == "base" else 1,
+        }
+    )
+    if arg == "ssr":
+        config.stage.random_crop = (16, 16)
+
+    config.data = ml_collections.ConfigDict(
+        {"name": "shapes/32x16", "data_dir": config_dict.placeholder(str), "split": "train"}
+    )
+
+    # Byte-level T5 (vocab: 256 bytes + pad/eos/unk). `path` is set for the SR stages by
+    # tools/train_demo.sh to the encoder trained with the base stage.
+    config.text = ml_collections.ConfigDict(
+        {
+            "path": config_dict.placeholder(str),
+            "tokenizer": "byte",
+            "max_length": 96,
+            "t5": {
+                "vocab_size": 259,
+                "d_model": _TEXT_DIM,
+                "d_kv": 32,
+                "d_ff": 256,
+                "num_layers": 3,
+                "num_heads": 4,
+                "relative_attention_num_buckets": 32,
+                "relative_attention_max_distance": 64,
+                "feed_forward_proj": "gated-gelu",
+            },
+        }
+    )
+
+    config.model = ml_collections.ConfigDict(_model(arg))
+
+    config.diffusion = ml_collections.ConfigDict(
+        {
+            "schedule": {"kind": "cosine", "logsnr_min": -20.0, "logsnr_max": 20.0},
+            "loss": {"weighting": "v", "text_dropout": 0.1, "low_discrepancy": True},
+        }
+    )
+
+    # How the stage is sampled in the shipped cascade (t2v_jax.cascade.StageConfig).
+    config.sampling = ml_collections.ConfigDict(
+        {
+            "num_steps": {"base": 32, "tsr": 16, "ssr": 16}[arg],
+            "sampler": "dpmpp_2m",
+            "guidance_scale": {"base": 4.0, "tsr": 2.0, "ssr": 1.0}[arg],
+            "thresholding": "dynamic",
+            "cond_noise_t": 0.0 if arg == "base" else 0.1,
+        }
+    )
+
+    config.train = ml_collections.ConfigDict(
+        {
+            "batch_size": 8,
+            "num_steps": {"base": 1200, "tsr": 800, "ssr": 1000}[arg],
+            "learning_rate": 1e-3,
+            "warmup_steps": 100,
+            "lr_schedule": "cosine",
+            "end_learning_rate_factor": 0.05,
+            "weight_decay": 0.0,
+            "adam_b1": 0.9,
+            "adam_b2": 0.99,
+            "adam_eps": 1e-8,
+            "grad_clip_norm": 1.0,
+            "ema_decay": 0.995,
+            "max_consecutive_skips": 10,
+            "train_text_encoder": arg == "base",
+            "cond_noise_min_t": 0.0,
+            "cond_noise_max_t": 0.5,
+            "distributed_init": False,
+        }
+    )
+    config.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 100, "keep": 2, "async_save": True}
+    )
+    config.log = ml_collections.ConfigDict(
+        {"every_steps": 50, "sample_every_steps": 500, "num_samples": 4, "sample_steps": 16,
+         "prompts": ("a red circle moving right", "a blue square moving up",
+                     "a yellow triangle moving left", "a white circle moving down")}
+    )  # fmt: skip
+
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    config.sharding = ml_collections.ConfigDict(
+        {"rules": [[name, target] for name, target in sharding.DEFAULT_RULES]}
+    )
+    return config

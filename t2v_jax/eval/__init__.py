@@ -1,0 +1,1 @@
+"""Evaluation of generated videos: the pixel-only judge of the `shapes` demo (shapes_judge)."""

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Trains the embedded demo cascade (configs/shapes.py: base -> tsr -> ssr) and exports it.
+#
+#   nohup tools/train_demo.sh /tmp/shapes_demo > /tmp/shapes_demo.log 2>&1 &
+#   tools/train_demo.sh ROOT [extra t2v-train flags, e.g. --config.train.num_steps=3]
+#
+# Every stage trains in ROOT/<stage> and resumes from there, so rerunning the same command after
+# a restart continues where it stopped (finished stages return at once). After the base stage,
+# its jointly trained T5 is written to ROOT/base/text_encoder and the SR stages train on it,
+# frozen. Finally the EMA params of all stages are saved as a pipeline (bf16) in $OUT
+# (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times go to
+# ROOT/times.txt. Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
+set -euo pipefail
+
+ROOT=${1:?usage: tools/train_demo.sh ROOT [extra t2v-train flags]}
+shift
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CONFIG="$REPO/configs/shapes.py"
+PYTHON=${PYTHON:-python}
+OUT=${OUT:-$REPO/t2v_jax/assets/shapes}
+# Compiles of the train step take minutes on a small CPU; a restarted stage reuses them.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
+mkdir -p "$ROOT"
+
+train_stage() {  # train_stage STAGE [flags]: one stage, resumed from ROOT/STAGE, timed
+  local stage=$1 start
+  shift
+  start=$(date +%s)
+  echo "$(date -u +%FT%TZ) training $stage in $ROOT/$stage"
+  "$PYTHON" -m t2v_jax.cli.train --config="$CONFIG:$stage" --workdir="$ROOT/$stage" "$@"
+  echo "$stage $(( $(date +%s) - start )) s (this invocation; $(date -u +%FT%TZ))" >> "$ROOT/times.txt"
+}
+
+export_pipeline() {
+  "$PYTHON" "$REPO/tools/export_pipeline.py" --config "$CONFIG" --workdir "$ROOT" --overwrite "$@"
+}
+
+train_stage base "$@"
+export_pipeline --stages base --text-encoder-only --out "$ROOT/base/text_encoder"
+train_stage tsr --config.text.path="$ROOT/base/text_encoder" "$@"
+train_stage ssr --config.text.path="$ROOT/base/text_encoder" "$@"
+export_pipeline --stages base tsr ssr --out "$OUT" --params-dtype bfloat16
+echo "$(date -u +%FT%TZ) done: pipeline in $OUT"
