@@ -214,14 +214,16 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, c
         key=lambda p: p.stat().st_size,
     )
     target = [p for p in files if "d" in p.parts or "ocdbt" in str(p)] or files
-    victim = target[-1]
-    raw = bytearray(victim.read_bytes())
-    if damage == "truncate":
-        victim.write_bytes(bytes(raw[: len(raw) // 2]))
-    else:
-        mid = len(raw) // 2
-        raw[mid : mid + 8] = bytes(b ^ 0xFF for b in raw[mid : mid + 8])
-        victim.write_bytes(bytes(raw))
+    # Damage every array-data file: which file holds which array depends on write timing, and
+    # damaging only the largest one once left the arrays this restore reads intact (flaky).
+    for victim in target:
+        raw = bytearray(victim.read_bytes())
+        if damage == "truncate":
+            victim.write_bytes(bytes(raw[: len(raw) // 2]))
+        else:
+            mid = len(raw) // 2
+            raw[mid : mid + 8] = bytes(b ^ 0xFF for b in raw[mid : mid + 8])
+            victim.write_bytes(bytes(raw))
     mesh = mesh_of(2, 4)
     abstract, _ = state_lib.state_shardings(init, mesh, sharding.DEFAULT_RULES)
     reader = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(2, 5, True))
