@@ -9,23 +9,20 @@ motion) combinations for the eval's held-out accuracy.
 
 Text: a small T5 encoder over UTF-8 bytes (ByT5-style, no tokenizer files), trained jointly with
 the base stage from random init (no pretrained weights can be downloaded here, and a frozen
-random encoder only offers the U-Net random features of the bytes). The SR stages reuse that
-trained encoder frozen: `tools/train_demo.sh` exports it after the base stage and passes
-`--config.text.path=<base workdir>/text_encoder`. Without a path (tests, smoke runs) an SR stage
-builds a frozen random T5 of the same architecture.
+random encoder only offers the U-Net random features of the bytes). The SR stages read no text
+at all (no cross-attention, no pooled text, guidance off): on `shapes` the low-resolution video
+already fixes colour, shape and motion, and being text-free they do not wait for the base
+stage's encoder, so all stages train at the same time. (Their checkpoints still hold the frozen
+random T5 the trainer builds; the export ignores it, since `UNetConfig.uses_text` is False.)
 
-Run (all stages one after another, then export; resumable, nohup-able):
+Run (base in one process, TSR then SSR in another, then export; resumable, nohup-able):
   nohup tools/train_demo.sh /tmp/shapes_demo > /tmp/shapes_demo.log 2>&1 &
 One stage:
   t2v-train --config configs/shapes.py:base --workdir /tmp/shapes_demo/base
-Cost (an estimate; the demo has not been trained yet): per train step at batch 8, XLA's cost
-analysis counts ~50 GFLOP (base), 67 (TSR) and 57 (SSR, 16x16 crops). Measured on this
-project's 2-core CPU while other jobs shared it (XLA default optimisation level): base 3.0-3.4 s
-per step, TSR 4.2-5.6 s, SSR 2.6-3.7 s (XLA:CPU keeps about one core busy on these narrow
-nets), so the num_steps below are about 1 h per stage, ~3 h in all, and only ~10k clips per
-stage: more steps (or a GPU) should improve adherence. Check the steps_per_s that t2v-train
-logs and scale train.num_steps to the budget. Smoke run: --config.train.num_steps=3
---config.log.sample_every_steps=0.
+Cost: per train step at batch 8, XLA's cost analysis counts ~50 GFLOP (base), 67 (TSR) and 57
+(SSR, 16x16 crops). On this project's 2-core CPU with base and TSR training side by side: base
+3.3 s per step, TSR 4.7 s (see the README's demo section for the full record). Smoke run:
+--config.train.num_steps=3 --config.log.sample_every_steps=0.
 
 The argument picks the stage: "base" (default), "tsr" or "ssr".
 """
@@ -65,16 +62,20 @@ def _model(stage: str) -> dict:
         return {**common, "base_channels": 32, "channel_mults": (1, 2, 2),
                 "num_res_blocks": (1, 2, 2), "spatial_attention_resolutions": (2, 4),
                 "temporal_mixing": "both", "cross_attention": True}  # fmt: skip
+    # The SR stages read no text (no cross-attention, no pooled text): on `shapes` the low-res
+    # video already fixes colour, shape and motion, and a text-free SR stage does not depend on
+    # the base stage's jointly trained T5, so all three stages train at the same time.
+    text_free = {"cross_attention": False, "use_pooled_text": False}
     if stage == "tsr":
-        # Temporal convs (Imagen Video's SR stages); cross-attention at 8x8 only.
-        return {**common, "base_channels": 32, "channel_mults": (1, 2), "num_res_blocks": 1,
-                "spatial_attention_resolutions": (2,), "temporal_mixing": "conv",
-                "cross_attention": True}  # fmt: skip
-    # SSR: fully convolutional (text only through the pooled embedding), so it trains on
-    # 16x16 crops (a quarter of the cost) and samples full 32x32 frames.
-    return {**common, "base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
-            "spatial_attention_resolutions": (), "temporal_mixing": "conv",
-            "cross_attention": False}  # fmt: skip
+        # Temporal convs (Imagen Video's SR stages); spatial self-attention at 8x8 only.
+        return {**common, **text_free, "base_channels": 32, "channel_mults": (1, 2),
+                "num_res_blocks": 1, "spatial_attention_resolutions": (2,),
+                "temporal_mixing": "conv"}  # fmt: skip
+    # SSR: fully convolutional, so it trains on 16x16 crops (a quarter of the cost) and samples
+    # full 32x32 frames.
+    return {**common, **text_free, "base_channels": 32, "channel_mults": (1, 2, 2),
+            "num_res_blocks": 1, "spatial_attention_resolutions": (),
+            "temporal_mixing": "conv"}  # fmt: skip
 
 
 def get_config(arg: str = "base") -> ml_collections.ConfigDict:
@@ -141,7 +142,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         {
             "num_steps": {"base": 32, "tsr": 16, "ssr": 16}[arg],
             "sampler": "dpmpp_2m",
-            "guidance_scale": {"base": 4.0, "tsr": 2.0, "ssr": 1.0}[arg],
+            "guidance_scale": 4.0 if arg == "base" else 1.0,  # guidance needs text
             "thresholding": "dynamic",
             "cond_noise_t": 0.0 if arg == "base" else 0.1,
         }
@@ -150,7 +151,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict(
         {
             "batch_size": 8,
-            "num_steps": {"base": 1200, "tsr": 800, "ssr": 1000}[arg],
+            "num_steps": {"base": 1000, "tsr": 600, "ssr": 600}[arg],
             "learning_rate": 1e-3,
             "warmup_steps": 100,
             "lr_schedule": "cosine",

@@ -135,6 +135,22 @@ def test_sr_stages_run(cfg):
     assert not np.allclose(out, _apply(cfg)(params, *args, **other))
 
 
+def test_uses_text_says_whether_the_output_reads_the_text():
+    text_free = dataclasses.replace(TSR, cross_attention=False, use_pooled_text=False)
+    assert BASE.uses_text and TSR.uses_text and SSR.uses_text  # SSR: pooled text
+    assert not dataclasses.replace(SSR, use_pooled_text=False).uses_text  # no attention levels
+    assert not text_free.uses_text
+    (x, log_snr, text, mask), kwargs = _inputs(text_free)
+    params = _random_params(text_free)
+    out = _apply(text_free)(params, x, log_snr, text, mask, **kwargs)
+    other = _apply(text_free)(params, x, log_snr, -text, ~mask, **kwargs)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(other))
+    with_text = _apply(TSR)(_random_params(TSR), x, log_snr, text, mask, **kwargs)
+    assert not np.allclose(
+        with_text, _apply(TSR)(_random_params(TSR), x, log_snr, -text, mask, **kwargs)
+    )
+
+
 def _perturb_frame(x, b, t):
     return x.at[b, t].add(1.0)
 

@@ -10,7 +10,8 @@
 Each stage's newest checkpoint is read (read-only, its fingerprints checked) and its EMA params
 are used. The text encoder is the first stage's: its EMA T5 when `train.train_text_encoder`,
 else its frozen T5. Every later stage must have been trained on exactly that encoder (its frozen
-T5 is compared bit for bit), otherwise the export refuses.
+T5 is compared bit for bit), otherwise the export refuses; a stage whose U-Net reads no text
+(`UNetConfig.uses_text` is False, like the demo's SR stages) may have trained on any encoder.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def export(
         config = load_config(f"{config_file}:{name}", overrides)
         step, ema, frozen = restore_ema(config, workdir)
         print(f"{name}: step {step} of {workdir}")
+        model_cfg = from_config(UNetConfig, config.model, f"{name}.model")
         if encoder is None:
             encoder = _text_encoder(config, _text_params(config, ema, frozen))
             if text_encoder_only:
@@ -152,13 +154,14 @@ def export(
                     raise ValueError(f"out: {str(out)!r} exists; pass --overwrite to replace it")
                 encoder.save(out)
                 return out
-        elif not _same_tree(frozen.get("text", ema.get("text")), jax.device_get(encoder.params)):
+        elif model_cfg.uses_text and not _same_tree(
+            frozen.get("text", ema.get("text")), jax.device_get(encoder.params)
+        ):
             raise ValueError(
                 f"stage {name} ({workdir}) was not trained on the first stage's text encoder; "
                 "train it with --config.text.path=<the encoder written by --text-encoder-only>"
             )
-        model = from_config(UNetConfig, config.model, f"{name}.model")
-        built.append(cascade.Stage(sampling_stage_config(config), model, ema["unet"]))
+        built.append(cascade.Stage(sampling_stage_config(config), model_cfg, ema["unet"]))
     pipeline = cascade.Pipeline(encoder, built)
     return pipeline.save(out, params_dtype=params_dtype, overwrite=overwrite)
 

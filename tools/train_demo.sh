@@ -5,9 +5,11 @@
 #   tools/train_demo.sh ROOT [extra t2v-train flags, e.g. --config.train.num_steps=3]
 #
 # Every stage trains in ROOT/<stage> and resumes from there, so rerunning the same command after
-# a restart continues where it stopped (finished stages return at once). After the base stage,
-# its jointly trained T5 is written to ROOT/base/text_encoder and the SR stages train on it,
-# frozen. Finally the EMA params of all stages are saved as a pipeline (bf16) in $OUT
+# a restart continues where it stopped (finished stages return at once). The SR stages read no
+# text, so they do not wait for the base stage's jointly trained T5: the base stage trains in
+# one process while TSR and then SSR train in another (XLA:CPU keeps about one core busy per
+# process on these narrow nets; logs in ROOT/<stage>.log). Finally the EMA params of all stages
+# are saved as a pipeline (bf16) in $OUT
 # (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times go to
 # ROOT/times.txt. Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
 set -euo pipefail
@@ -35,9 +37,10 @@ export_pipeline() {
   "$PYTHON" "$REPO/tools/export_pipeline.py" --config "$CONFIG" --workdir "$ROOT" --overwrite "$@"
 }
 
-train_stage base "$@"
-export_pipeline --stages base --text-encoder-only --out "$ROOT/base/text_encoder"
-train_stage tsr --config.text.path="$ROOT/base/text_encoder" "$@"
-train_stage ssr --config.text.path="$ROOT/base/text_encoder" "$@"
+train_stage base "$@" > "$ROOT/base.log" 2>&1 &
+base_pid=$!
+train_stage tsr "$@" > "$ROOT/tsr.log" 2>&1
+train_stage ssr "$@" > "$ROOT/ssr.log" 2>&1
+wait "$base_pid" || { echo "base stage failed, see $ROOT/base.log" >&2; exit 1; }
 export_pipeline --stages base tsr ssr --out "$OUT" --params-dtype bfloat16
 echo "$(date -u +%FT%TZ) done: pipeline in $OUT"

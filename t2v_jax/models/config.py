@@ -147,6 +147,12 @@ class UNetConfig:
     def noise_embed_dim(self) -> int:
         return self.embed_dim or 4 * self.base_channels
 
+    @property
+    def uses_text(self) -> bool:
+        """Whether the output depends on the text embeddings at all (pooled or cross-attended)."""
+        cross = self.cross_attention and bool(self.spatial_attention_resolutions)
+        return cross or self.use_pooled_text
+
     def blocks_at(self, level: int) -> int:
         """Encoder ResBlocks at `level` (the decoder has one more)."""
         if isinstance(self.num_res_blocks, tuple):
