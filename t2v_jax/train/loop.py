@@ -97,6 +97,10 @@ class Task:
     sample_fn: Callable[[Any, Any, jax.Array, int], np.ndarray] | None = None
 
 
+MetricsCallback = Callable[[int, dict[str, float]], None]
+"""`(step, {metric name: value})`, called by `train` after every step (see its docstring)."""
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient; training stopped."""
 
@@ -194,11 +198,15 @@ def train(
     task: Task,
     *,
     devices: Sequence[Any] | None = None,
+    on_metrics: MetricsCallback | None = None,
 ) -> TrainResult:
     """Runs (or resumes) training of `task` in `workdir` up to `config.train.num_steps`.
 
     Returns on completion or after saving on SIGTERM / a preemption sync point. The mesh is
-    `config.mesh` over `devices` (default: all devices).
+    `config.mesh` over `devices` (default: all devices). `on_metrics(step, metrics)`, if given,
+    is called on the host after every step with that step's scalars as floats (loss, grad_norm,
+    learning_rate, ...), e.g. for a live loss plot in a notebook; metrics are read one step late,
+    so the call for step N comes while step N+1 runs.
 
     Raises:
       NonFiniteTrainingError: `train.max_consecutive_skips` steps in a row were non-finite; the
@@ -261,6 +269,8 @@ def train(
             log.warning("step %d: non-finite loss or gradient, step skipped", done_step)
         if done_step % log_cfg.every_steps == 0 or done_step == train_cfg.num_steps:
             metrics_out.scalars(done_step, host)
+        if on_metrics is not None:
+            on_metrics(done_step, host)
 
     with _SigtermFlag() as sigterm:
         while step < train_cfg.num_steps:
@@ -307,15 +317,19 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     devices: Sequence[Any] | None = None,
+    on_metrics: MetricsCallback | None = None,
 ) -> TrainResult:
     """Trains the stage described by `config` in `workdir` (resuming if possible).
 
     The stage (base / tsr / ssr), model, text tower, diffusion settings and data all come from
-    `config`; see `configs/tiny.py` for the sections. `devices` defaults to all devices.
+    `config`; see `configs/tiny.py` for the sections. `devices` defaults to all devices;
+    `on_metrics(step, metrics)` is called after every step (see `train`).
     """
     from t2v_jax.train import task as task_lib  # the model stack is only needed here
 
     train_cfg = configlib.from_config(state_lib.TrainConfig, config.get("train", {}), "train")
     if train_cfg.distributed_init and not jax.distributed.is_initialized():
         jax.distributed.initialize()
-    return train(config, workdir, task_lib.diffusion_task(config), devices=devices)
+    return train(
+        config, workdir, task_lib.diffusion_task(config), devices=devices, on_metrics=on_metrics
+    )
