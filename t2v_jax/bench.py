@@ -5,14 +5,19 @@ measurement runs on the first device (a mesh of one), so the numbers describe a 
 host), and MFU = FLOPs of the compiled program (`compiled.cost_analysis()`) / seconds / the peak
 FLOP/s of a large matmul measured on the same device. `--quick` uses configs/tiny.py; the full
 run uses the reference U-Net shape of tools/bench_unet.py (imagen-pytorch's Unet3D measured at
-the same shape). Cold vs cached start runs the cascade in two fresh processes that share a new
-persistent compilation cache (`t2v_jax.compile_cache`).
+the same shape). Parameters are random values drawn on the host (`host_random_params`): what is
+measured is the programs that use them, not a jitted init. Sampling runs as `t2v-sample` does,
+in fresh processes that load a saved tiny pipeline: the first compiles everything (cold) and
+fills a new persistent compilation cache (`t2v_jax.compile_cache`), the second reads it back.
+`t2v_jax.bench_train` times the train step of whole configs (`t2v-bench train`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -71,6 +76,8 @@ def device_info() -> dict[str, Any]:
         "load_avg_1min": load,
         "jax_version": jax.__version__,
         "python": platform.python_version(),
+        # An optimisation-level flag changes both compile times and the matmul peak.
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -89,14 +96,93 @@ def matmul_peak(repeats: int = 5) -> dict[str, Any]:
 
 def memory_info() -> dict[str, Any]:
     """Peak host RSS (covers everything measured so far) and device peak where reported."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
     try:
         stats = jax.devices()[0].memory_stats() or {}
     except (NotImplementedError, RuntimeError):
         stats = {}
-    return {"host_peak_rss_bytes": int(rss_bytes),
+    return {"host_peak_rss_bytes": _peak_rss_bytes(),
             "device_peak_bytes": stats.get("peak_bytes_in_use")}  # fmt: skip
+
+
+def _peak_rss_bytes() -> int:
+    """This program's peak host RSS in bytes.
+
+    Linux's VmHWM first: a child's ru_maxrss starts at its parent's RSS (kept across fork and
+    exec), which would hide the sampling process's own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+
+
+def host_random_params(abstract: Any, seed: int = 0) -> Any:
+    """Random numpy arrays shaped like `abstract` (a tree of ShapeDtypeStructs or arrays).
+
+    Kernels and embeddings ~ N(0, 1/fan_in) (fan_in: all but the last axis), leaves named
+    `scale` are ones, biases and other vectors zeros: finite activations of a sensible size,
+    which is all a timing needs. Drawing on the host skips compiling a jitted init, whose
+    threefry kernels take tens of seconds on XLA:CPU and are not what is measured.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(path: Any, leaf: Any) -> np.ndarray:
+        shape, dtype = tuple(leaf.shape), leaf.dtype
+        name = str(getattr(path[-1], "key", path[-1])) if path else ""
+        if name == "scale":
+            return np.ones(shape, dtype)
+        if len(shape) < 2:
+            return np.zeros(shape, dtype)
+        fan_in = max(1, math.prod(shape[:-1]))
+        return (rng.standard_normal(shape, np.float32) / math.sqrt(fan_in)).astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+def synthetic_train_state(
+    init: Callable[[jax.Array], Any], optimizer: Any, mesh: Any, rules: Any, seed: int = 0
+) -> tuple[Any, Any, float]:
+    """A TrainState laid out as `state_lib.create_train_state` makes it, with host-drawn params.
+
+    Everything but the params (EMA copy, AdamW moments, step counters, rng) is built as
+    `state_lib.make_init_fn` builds it, in one small jitted program with the state's shardings.
+
+    Returns:
+      (state, shardings, seconds to build it).
+    """
+    from t2v_jax.train import state as state_lib
+
+    start = time.perf_counter()
+    abstract, shardings = state_lib.state_shardings(init, mesh, rules)
+    params = host_random_params(abstract.params, seed)
+    frozen = host_random_params(abstract.frozen, seed + 1)
+
+    def make(params: Any, frozen: Any) -> Any:
+        return state_lib.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=jax.tree.map(jnp.copy, params),
+            opt_state=optimizer.init(params),
+            rng=jax.random.PRNGKey(seed),
+            frozen=frozen,
+            skipped_steps=jnp.zeros((), jnp.int32),
+            consecutive_skips=jnp.zeros((), jnp.int32),
+        )
+
+    state = jax.block_until_ready(jax.jit(make, out_shardings=shardings)(params, frozen))
+    return state, shardings, time.perf_counter() - start
+
+
+def one_device_mesh() -> Any:
+    """A (data, fsdp, tensor) = (1, 1, 1) mesh of the first device: numbers per chip."""
+    from t2v_jax import sharding
+
+    return sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
 
 
 def _stage_config(stage: str, quick: bool) -> ml_collections.ConfigDict:
@@ -145,7 +231,7 @@ def bench_unet(quick: bool, repeats: int, peak: float) -> dict[str, Any]:
     shape = QUICK_SHAPE if quick else REFERENCE_SHAPE
     config = _stage_config("base", quick)
     model_cfg = configlib.from_config(UNetConfig, config.model, "model")
-    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    mesh = one_device_mesh()
     rules = sharding.rules_from_config(config.sharding.rules)
     rng = np.random.default_rng(0)
 
@@ -163,10 +249,7 @@ def bench_unet(quick: bool, repeats: int, peak: float) -> dict[str, Any]:
     train_cfg = configlib.from_config(state_lib.TrainConfig, experiment.train, "train")
     optimizer, schedule = state_lib.make_optimizer(train_cfg)
     init = state_lib.make_init_fn(task.init_params, optimizer)
-    start = time.perf_counter()
-    state, shardings = state_lib.create_train_state(init, 0, mesh, rules)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - start
+    state, shardings, init_s = synthetic_train_state(init, optimizer, mesh, rules)
     batch = sharding.shard_host_batch(random_batch(shape["train_batch"]), mesh)
     step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
     jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
@@ -193,10 +276,23 @@ def bench_unet(quick: bool, repeats: int, peak: float) -> dict[str, Any]:
             "forward": forward, "train_step": train}  # fmt: skip
 
 
+def random_text_encoder(text_cfg: ml_collections.ConfigDict) -> Any:
+    """The byte-level T5 that `text_cfg` (an experiment's config.text) describes, host-drawn params."""
+    import flax.linen as nn
+
+    from t2v_jax import configlib
+    from t2v_jax.text import ByteTokenizer, T5Config, T5Encoder, TextEncoder
+
+    t5 = configlib.from_config(T5Config, text_cfg.t5, "text.t5")
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    mask = jax.ShapeDtypeStruct((1, 1), jnp.bool_)
+    abstract = jax.eval_shape(T5Encoder(t5).init, jax.random.key(0), tokens, mask)["params"]
+    params = host_random_params(nn.unbox(abstract))
+    return TextEncoder(t5, params, ByteTokenizer(), max_length=int(text_cfg.max_length))
+
+
 def bench_text_encoder(quick: bool, repeats: int, num_prompts: int = 32) -> dict[str, Any]:
     """Prompts/s of the tiny config's T5 (quick) or a T5-base-sized random encoder (full)."""
-    from t2v_jax import cascade
-
     text_cfg = _stage_config("base", True).text
     if not quick:
         text_cfg = copy.deepcopy(text_cfg)
@@ -204,7 +300,7 @@ def bench_text_encoder(quick: bool, repeats: int, num_prompts: int = 32) -> dict
                             "num_heads": 12, "relative_attention_num_buckets": 32,
                             "relative_attention_max_distance": 128})  # fmt: skip
         text_cfg.max_length = 64
-    encoder = cascade.text_encoder_from_config(text_cfg, jax.random.key(0))
+    encoder = random_text_encoder(text_cfg)
     prompts = [f"red circle {i}" for i in range(num_prompts)]  # < 16 bytes: no truncation
     start = time.perf_counter()
     jax.block_until_ready(encoder.encode(prompts))
@@ -215,13 +311,21 @@ def bench_text_encoder(quick: bool, repeats: int, num_prompts: int = 32) -> dict
             "prompts_per_s": num_prompts / seconds}  # fmt: skip
 
 
-def _tiny_pipeline():
-    from t2v_jax import cascade, sharding
+def save_tiny_pipeline(path: str) -> None:
+    """Writes configs/tiny.py's 3-stage cascade (host-drawn params) as a pipeline folder."""
+    from t2v_jax import cascade, configlib, pipeline_store
+    from t2v_jax.models import UNetConfig
 
     configs = [_stage_config(s, True) for s in ("base", "tsr", "ssr")]
-    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(0))
-    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-    return cascade.build_pipeline(configs, encoder, jax.random.key(1), mesh=mesh)
+    encoder = random_text_encoder(configs[0].text)
+    stages = []
+    for i, config in enumerate(configs):
+        stage_cfg = cascade.stage_config_from_experiment(config)
+        model = configlib.from_config(UNetConfig, config.model, "model")
+        init = functools.partial(cascade.init_stage_params, model, stage_cfg, encoder.d_model)
+        params = host_random_params(jax.eval_shape(init, jax.random.key(0)), seed=i)
+        stages.append(cascade.Stage(config=stage_cfg, model=model, params=params))
+    pipeline_store.save_pipeline(cascade.Pipeline(encoder, stages, one_device_mesh()), path)
 
 
 def _timed_sample(pipe: Any, prompts: Sequence[str]) -> dict[str, Any]:
@@ -232,142 +336,79 @@ def _timed_sample(pipe: Any, prompts: Sequence[str]) -> dict[str, Any]:
     return {"stages_s": per_stage, "cascade_s": marks[-1] - marks[0]}
 
 
-def bench_sampler(num_prompts: int = 2) -> dict[str, Any]:
-    """The tiny 3-stage cascade: per-stage and whole-cascade seconds, cold (with compile) and warm.
+SAMPLE_PROMPTS = 2
+
+
+def sample_probe(pipeline_dir: str, warm: bool) -> dict[str, Any]:
+    """Loads a saved pipeline and samples it twice (`warm`) or once, as `t2v-sample` does.
 
     Stage times come from the sample callback (after each stage's frames reach the host), so the
-    base stage's time includes text encoding.
+    base stage's time includes text encoding. `first_video_s` runs from the start of the load to
+    the first video; `after_first_s` is what the probe spent after it (the warm sample).
     """
+    from t2v_jax import pipeline_store
+
     start = time.perf_counter()
-    pipe = _tiny_pipeline()
-    build_s = time.perf_counter() - start
-    prompts = [f"red circle {i}" for i in range(num_prompts)]
+    pipe = pipeline_store.load_pipeline(pipeline_dir, mesh=one_device_mesh())
+    load_s = time.perf_counter() - start
+    prompts = [f"red circle {i}" for i in range(SAMPLE_PROMPTS)]
     cold = _timed_sample(pipe, prompts)
-    warm = _timed_sample(pipe, prompts)
+    first = time.perf_counter()
     stage = pipe.stages[0].config
-    return {"num_prompts": num_prompts, "num_steps": [s.config.num_steps for s in pipe.stages],
-            "output_shape": list(pipe.output_shape), "base_shape": [stage.frames, stage.height,
-            stage.width], "build_s": build_s, "cold": cold, "warm": warm}  # fmt: skip
+    out = {"num_prompts": len(prompts), "num_steps": [s.config.num_steps for s in pipe.stages],
+           "output_shape": list(pipe.output_shape), "base_shape": [stage.frames, stage.height,
+           stage.width], "load_s": load_s, "first_video_s": first - start, "cold": cold}  # fmt: skip
+    if warm:
+        out["warm"] = _timed_sample(pipe, prompts)
+    out["peak_rss_bytes"] = _peak_rss_bytes()
+    out["after_first_s"] = time.perf_counter() - first
+    return out
 
 
-def time_to_first_video() -> float:
-    """Seconds from here (jax imported) to the tiny cascade's first video, compile included."""
+def _probe_process(pipeline_dir: str, cache: str, warm: bool) -> dict[str, Any]:
+    """`sample_probe` in a fresh Python process that uses the persistent compilation cache `cache`."""
+    env = dict(os.environ, T2V_JAX_COMPILATION_CACHE=cache)
+    cmd = [sys.executable, "-m", "t2v_jax.bench", "--probe", pipeline_dir]
     start = time.perf_counter()
-    _tiny_pipeline().sample(["a red circle moving right"], progress=False)
-    return time.perf_counter() - start
-
-
-def bench_startup() -> dict[str, Any]:
-    """Cold vs cached start: two fresh processes sample the tiny cascade, sharing a new cache.
-
-    The first compiles everything and fills the cache; the second reads the programs back.
-    Reported: whole process wall time and the time from `import jax` done to the first video.
-    """
-    with tempfile.TemporaryDirectory(prefix="t2v_bench_cache_") as cache:
-        env = dict(os.environ, T2V_JAX_COMPILATION_CACHE=cache)
-        runs = []
-        for _ in range(2):
-            start = time.perf_counter()
-            out = subprocess.run(
-                [sys.executable, "-m", "t2v_jax.bench", "--first-video"],
-                env=env, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            wall = time.perf_counter() - start
-            if out.returncode:
-                raise RuntimeError(f"startup probe failed:\n{out.stderr[-2000:]}")
-            runs.append(
-                {"process_s": wall, "first_video_s": json.loads(out.stdout.splitlines()[-1])}
-            )
-        entries = len(os.listdir(cache))
-    return {"cold": runs[0], "cached": runs[1], "cache_entries": entries}
-
-
-# Runs in the side venv: lucidrains' Unet3D at the shapes of our benchmark, forward and an
-# Adam train step, median seconds. Its arguments come as JSON in argv[1].
-_IMAGEN_SCRIPT = r"""
-import json, statistics, sys, time
-import torch
-from imagen_pytorch import Unet3D
-cfg = json.loads(sys.argv[1])
-torch.manual_seed(0)
-levels = len(cfg["dim_mults"])
-attn = tuple(2**i in cfg["attn_factors"] for i in range(levels))
-unet = Unet3D(dim=cfg["dim"], dim_mults=tuple(cfg["dim_mults"]), num_resnet_blocks=cfg["blocks"],
-              text_embed_dim=cfg["text_dim"], channels=3, attn_heads=cfg["heads"],
-              layer_attns=attn, layer_cross_attns=attn)
-def inputs(b):
-    x = torch.randn(b, 3, cfg["frames"], cfg["size"], cfg["size"])
-    return x, torch.rand(b), torch.randn(b, cfg["length"], cfg["text_dim"]), torch.ones(b, cfg["length"], dtype=torch.bool)
-def median(fn, n):
-    fn(); ts = []
-    for _ in range(n):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-fx, ft, fe, fm = inputs(cfg["forward_batch"])
-with torch.no_grad():
-    fwd = median(lambda: unet(fx, ft, text_embeds=fe, text_mask=fm), cfg["repeats"])
-opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
-tx, tt, te, tm = inputs(cfg["train_batch"])
-def step():
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(unet(tx, tt, text_embeds=te, text_mask=tm), tx)
-    loss.backward(); opt.step()
-train = median(step, cfg["repeats"])
-params = sum(p.numel() for p in unet.parameters())
-print(json.dumps({"forward": fwd, "train_step": train, "num_params": params,
-                  "torch": torch.__version__, "threads": torch.get_num_threads()}))
-"""
-
-# A separate venv: imagen-pytorch pulls torchvision, kornia, accelerate, ... whose versions
-# must match the torch wheel pip picks there, and must not touch this environment.
-IMAGEN_VENV = os.path.join(os.path.expanduser("~"), ".cache", "t2v_jax", "imagen_pytorch_torch2.13")
-
-
-def _side_venv(path: str) -> str:
-    """A venv with torch==2.13.0 and imagen-pytorch (pip, PyPI); returns its python."""
-    python = os.path.join(path, "bin", "python")
-    if not os.path.exists(python):
-        subprocess.run([sys.executable, "-m", "venv", path], check=True, capture_output=True)
-    subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "torch==2.13.0", "imagen-pytorch"],
-        check=True, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    return python
-
-
-def compare_imagen_pytorch(model: dict[str, Any], shape: dict[str, int], repeats: int,
-                           venv: str = IMAGEN_VENV) -> dict[str, Any]:  # fmt: skip
-    """Times imagen-pytorch's Unet3D at our U-Net's shapes in a side venv (made on demand).
-
-    Returns {"forward": s, "train_step": s, ...}, or {"skipped": reason} when the venv cannot
-    be built (offline, no PyPI) or the model does not run.
-    """
-    cfg = {
-        "dim": model["base_channels"], "dim_mults": list(model["channel_mults"]),
-        "blocks": model["num_res_blocks"], "text_dim": model["text_dim"],
-        "heads": model["num_heads"], "attn_factors": list(model["spatial_attention_resolutions"]),
-        "frames": shape["frames"], "size": shape["size"], "length": shape["text_length"],
-        "forward_batch": shape["forward_batch"], "train_batch": shape["train_batch"],
-        "repeats": repeats,
-    }  # fmt: skip
-    try:
-        python = _side_venv(venv)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-        detail = getattr(e, "stderr", None) or str(e)
-        return {"skipped": f"could not build the side venv {venv}: {str(detail)[-500:]}"}
-    # The side venv must not see our XLA/JAX environment (nor our fake-device flags).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    try:
-        out = subprocess.run([python, "-c", _IMAGEN_SCRIPT, json.dumps(cfg)], env=env,
-                             capture_output=True, text=True, timeout=3600, check=False)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return {"skipped": "imagen-pytorch run timed out"}
+    out = subprocess.run(cmd + ["--warm"] * warm, env=env, capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    wall = time.perf_counter() - start
     if out.returncode:
-        return {"skipped": f"imagen-pytorch failed: {out.stderr.strip()[-800:]}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"sampling probe failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.splitlines()[-1])
+    result["process_s"] = wall - result.pop("after_first_s")  # process start to first video
+    return result
+
+
+def bench_sampler(startup: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tiny 3-stage cascade as `t2v-sample` runs it, from a saved pipeline folder.
+
+    Returns (sampler, startup): per-stage and whole-cascade seconds, cold (compile included) and
+    warm; and cold vs cached process start. With `startup`, two fresh processes load the
+    pipeline and share a new persistent compilation cache: the first compiles everything (its
+    timings are the sampler's), the second reads the programs back. Without, the pipeline is
+    sampled in this process.
+    """
+    with tempfile.TemporaryDirectory(prefix="t2v_bench_") as tmp:
+        pipeline_dir = os.path.join(tmp, "pipeline")
+        save_tiny_pipeline(pipeline_dir)
+        if not startup:
+            sampler = sample_probe(pipeline_dir, warm=True)
+            del sampler["after_first_s"]
+            return sampler, {"skipped": "startup=False"}
+        cache = os.path.join(tmp, "xla_cache")
+        cold = _probe_process(pipeline_dir, cache, warm=True)
+        cached = _probe_process(pipeline_dir, cache, warm=False)
+        entries = len(os.listdir(cache))
+    timing = ("process_s", "first_video_s")
+    sampler = {k: v for k, v in cold.items() if k != "process_s"}
+    return sampler, {"cold": {k: cold[k] for k in timing},
+                     "cached": {k: cached[k] for k in timing}, "cache_entries": entries}  # fmt: skip
 
 
 def _compare_imagen_pytorch(quick: bool, repeats: int) -> dict[str, Any]:
+    from t2v_jax.bench_compare import compare_imagen_pytorch
+
     shape = QUICK_SHAPE if quick else REFERENCE_SHAPE
     config = _stage_config("base", quick)
     return compare_imagen_pytorch(config.model.to_dict(), shape, repeats)
@@ -379,10 +420,12 @@ def run_benchmarks(
     """Runs every benchmark; returns {device, peak, text_encoder, unet, sampler, startup, memory}.
 
     Args:
-      quick: tiny shapes (configs/tiny.py), under a minute on a 2-core CPU once warm.
+      quick: tiny shapes (configs/tiny.py); with XLA's backend optimisation level 0 (what
+        `t2v-bench --quick` sets) under a minute on a 2-core CPU.
       repeats: timed calls per warm measurement (median).
       compare: "imagen-pytorch" also times lucidrains' Unet3D on the same shapes (side venv).
-      startup: measure cold vs cached process start (two subprocesses).
+      startup: sample in two fresh processes, cold then with the persistent compilation cache
+        (else the sampler runs in this process and start-up is not measured).
     """
     if compare not in (None, "imagen-pytorch"):
         raise ValueError(f"compare: expected None or 'imagen-pytorch', got {compare!r}")
@@ -393,8 +436,7 @@ def run_benchmarks(
     peak = results["peak"]["flops_per_s"]
     results["text_encoder"] = bench_text_encoder(quick, repeats)
     results["unet"] = bench_unet(quick, repeats, peak)
-    results["sampler"] = bench_sampler()
-    results["startup"] = bench_startup() if startup else {"skipped": "startup=False"}
+    results["sampler"], results["startup"] = bench_sampler(startup)
     results["memory"] = memory_info()
     if compare:
         results["compare"] = _compare_imagen_pytorch(quick, repeats)
@@ -433,7 +475,8 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("first video, new process", f"cold {_fmt(startup['cold']['first_video_s'], ' s')}"
                      f", cached {_fmt(startup['cached']['first_video_s'], ' s')}"))  # fmt: skip
     mem = results["memory"]
-    rows.append(("peak memory", f"host RSS {_fmt(mem['host_peak_rss_bytes'], ' GiB', 2**-30)}, "
+    rows.append(("peak memory", f"host RSS {_fmt(mem['host_peak_rss_bytes'], ' GiB', 2**-30)} "
+                 f"(sampling {_fmt(sampler['peak_rss_bytes'], ' GiB', 2**-30)}), "
                  f"device {_fmt(mem['device_peak_bytes'], ' GiB', 2**-30)}"))  # fmt: skip
     if "compare" in results:
         cmp = results["compare"]
@@ -451,10 +494,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    # The startup probe of bench_startup (a fresh process); prints seconds as the last line.
-    if sys.argv[1:] != ["--first-video"]:
-        sys.exit("usage: python -m t2v_jax.bench --first-video (internal; use t2v-bench)")
+    # The sampling probe of bench_sampler (a fresh process); prints JSON as the last line.
+    args = sys.argv[1:]
+    if len(args) not in (2, 3) or args[0] != "--probe" or args[2:] not in ([], ["--warm"]):
+        sys.exit("usage: python -m t2v_jax.bench --probe PIPELINE_DIR [--warm] (internal)")
     from t2v_jax.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
-    print(json.dumps(time_to_first_video()))
+    print(json.dumps(sample_probe(args[1], warm=args[2:] == ["--warm"])))

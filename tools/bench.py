@@ -1,4 +1,5 @@
-"""t2v-bench without installing the console script: `python tools/bench.py [--quick --out r.json]`."""
+"""t2v-bench without installing the console script: `python tools/bench.py [--quick --out r.json]`
+or `python tools/bench.py train [--configs tiny demo paper]`."""
 
 import sys
 

@@ -1,44 +1,107 @@
-"""`t2v-bench`: measure text encoding, U-Net, train step, sampling, MFU and start-up on this device."""
+"""`t2v-bench`: measure text encoding, U-Net, train step, sampling, MFU and start-up on this device.
+
+`t2v-bench train` times the train step of whole configs instead (steps/s, examples/s, compile
+time, MFU): `t2v-bench train --configs tiny demo paper --steps 5 --repeats 3`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# --quick: XLA:CPU's LLVM passes dominate the compile time of tiny programs (threefry kernels
+# and the optimizer's per-parameter updates especially); level 0 cuts it several-fold.
+_FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def _write(results: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {path}")
+
+
+def _main_train(argv: list[str]) -> int:
+    from t2v_jax.bench_train import CONFIGS, PAPER_FRAMES, PAPER_RES_BLOCKS, PAPER_SHRINK
+
+    parser = argparse.ArgumentParser(
+        prog="t2v-bench train",
+        description="Times the train step t2v-train runs (one device, synthetic batches) of "
+        "each config: steps/s, examples/s, compile time, MFU.",
+    )
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="configs to time (default: all)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows (median)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="global batch for every config (default: 8, 8, 2)")  # fmt: skip
+    parser.add_argument("--paper-shrink", type=int, default=PAPER_SHRINK,
+                        help="divide the paper stage's widths by this")  # fmt: skip
+    parser.add_argument("--paper-frames", type=int, default=PAPER_FRAMES,
+                        help="frames of the shrunk paper stage (the paper's: 16)")  # fmt: skip
+    parser.add_argument("--paper-res-blocks", type=int, default=PAPER_RES_BLOCKS,
+                        help="ResBlocks per level of the shrunk paper stage (the paper's: 3)")  # fmt: skip
+    parser.add_argument("--out", default=None, help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+
+    from t2v_jax import bench_train
+
+    results = bench_train.run_train_benchmarks(
+        args.configs, steps=args.steps, repeats=args.repeats, batch_size=args.batch,
+        paper_shrink=args.paper_shrink, paper_frames=args.paper_frames,
+        paper_res_blocks=args.paper_res_blocks,
+    )  # fmt: skip
+    print(bench_train.format_train_table(results))
+    _write(results, args.out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses arguments, runs `t2v_jax.bench.run_benchmarks`, prints a table, writes JSON."""
-    parser = argparse.ArgumentParser(prog="t2v-bench", description=__doc__.strip("`"))
+    """Parses arguments, runs `t2v_jax.bench.run_benchmarks` (or `train`), prints a table."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        return _main_train(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="t2v-bench",
+        description=__doc__.strip("`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommand: t2v-bench train --help",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny shapes (configs/tiny.py): under a minute on a CPU once warm",
+        help="tiny shapes (configs/tiny.py) and, unless XLA_FLAGS sets one, XLA's backend "
+        f"optimisation level 0 ({_FAST_COMPILE}): under a minute on a 2-core CPU",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per warm measure")
     parser.add_argument(
         "--compare",
         choices=["imagen-pytorch"],
         default=None,
-        help="also time lucidrains' Unet3D on the same shapes (side venv)",
+        help="also time lucidrains' Unet3D on the same shapes (side venv, made on demand)",
     )
     parser.add_argument(
         "--no-startup",
         action="store_true",
-        help="skip the cold vs cached process start (two subprocesses)",
+        help="sample in this process, skipping the cold vs cached process start",
     )
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
     args = parser.parse_args(argv)  # fmt: skip
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if args.quick and "xla_backend_optimization_level" not in flags:
+        # Read when the backend starts (nothing has touched a device yet); the sampling
+        # subprocesses inherit it.
+        os.environ["XLA_FLAGS"] = f"{flags} {_FAST_COMPILE}".strip()
 
     from t2v_jax import bench
 
     results = bench.run_benchmarks(quick=args.quick, repeats=args.repeats, compare=args.compare,
                                    startup=not args.no_startup)  # fmt: skip
     print(bench.format_table(results))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"wrote {args.out}")
+    _write(results, args.out)
     return 0
 
 
