@@ -178,6 +178,32 @@ def synthetic_train_state(
     return state, shardings, time.perf_counter() - start
 
 
+def synthetic_train_step(
+    experiment: ml_collections.ConfigDict, host_batch: dict[str, np.ndarray], mesh: Any, rules: Any
+) -> tuple[Any, Any, Any, float]:
+    """The jitted train step `t2v-train` runs for `experiment`, with a host-drawn state.
+
+    The stage's `diffusion_task`, AdamW with clipping and the EMA, jitted by
+    `step.jit_train_step` with the state's shardings (state donated).
+
+    Returns:
+      (jitted step, state, `host_batch` placed on the mesh, seconds to build the state).
+    """
+    from t2v_jax import configlib, sharding
+    from t2v_jax.train import state as state_lib
+    from t2v_jax.train import step as step_lib
+    from t2v_jax.train import task as task_lib
+
+    task = task_lib.diffusion_task(experiment)
+    train_cfg = configlib.from_config(state_lib.TrainConfig, experiment.train, "train")
+    optimizer, schedule = state_lib.make_optimizer(train_cfg)
+    init = state_lib.make_init_fn(task.init_params, optimizer)
+    state, shardings, init_s = synthetic_train_state(init, optimizer, mesh, rules)
+    batch = sharding.shard_host_batch(host_batch, mesh)
+    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
+    return step_lib.jit_train_step(step_fn, shardings, batch, mesh), state, batch, init_s
+
+
 def one_device_mesh() -> Any:
     """A (data, fsdp, tensor) = (1, 1, 1) mesh of the first device: numbers per chip."""
     from t2v_jax import sharding
@@ -224,9 +250,6 @@ def bench_unet(quick: bool, repeats: int, peak: float) -> dict[str, Any]:
     """VideoUNet forward (base stage) and the library's train step on one device."""
     from t2v_jax import aot, configlib, sharding
     from t2v_jax.models import UNetConfig, VideoUNet
-    from t2v_jax.train import state as state_lib
-    from t2v_jax.train import step as step_lib
-    from t2v_jax.train import task as task_lib
 
     shape = QUICK_SHAPE if quick else REFERENCE_SHAPE
     config = _stage_config("base", quick)
@@ -245,14 +268,8 @@ def bench_unet(quick: bool, repeats: int, peak: float) -> dict[str, Any]:
 
     # Train step through the training library (the same code t2v-train runs).
     experiment = aot.shapes_only_experiment(config, shape["train_batch"])
-    task = task_lib.diffusion_task(experiment)
-    train_cfg = configlib.from_config(state_lib.TrainConfig, experiment.train, "train")
-    optimizer, schedule = state_lib.make_optimizer(train_cfg)
-    init = state_lib.make_init_fn(task.init_params, optimizer)
-    state, shardings, init_s = synthetic_train_state(init, optimizer, mesh, rules)
-    batch = sharding.shard_host_batch(random_batch(shape["train_batch"]), mesh)
-    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
-    jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
+    host_batch = random_batch(shape["train_batch"])
+    jitted, state, batch, init_s = synthetic_train_step(experiment, host_batch, mesh, rules)
     holder = {"state": state}
 
     def train_call(compiled):

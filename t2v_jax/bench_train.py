@@ -134,24 +134,16 @@ def bench_train_step(
     config: ml_collections.ConfigDict, batch_size: int, steps: int, repeats: int, peak: float
 ) -> dict[str, Any]:
     """Compiles and times the real train step of `config` on one device (see the module doc)."""
-    from t2v_jax import configlib, sharding
-    from t2v_jax.train import state as state_lib
-    from t2v_jax.train import step as step_lib
-    from t2v_jax.train import task as task_lib
+    from t2v_jax import sharding
 
     experiment = bench_experiment(config, batch_size)
-    task = task_lib.diffusion_task(experiment)
-    train_cfg = configlib.from_config(state_lib.TrainConfig, experiment.train, "train")
-    optimizer, schedule = state_lib.make_optimizer(train_cfg)
-    init = state_lib.make_init_fn(task.init_params, optimizer)
     mesh = bench.one_device_mesh()
     rules = sharding.rules_from_config(
         experiment.sharding.rules if "sharding" in experiment else None
     )
-    state, shardings, init_s = bench.synthetic_train_state(init, optimizer, mesh, rules)
-    batch = sharding.shard_host_batch(synthetic_batch(experiment, batch_size), mesh)
-    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
-    jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
+    jitted, state, batch, init_s = bench.synthetic_train_step(
+        experiment, synthetic_batch(experiment, batch_size), mesh, rules
+    )
 
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
