@@ -53,7 +53,6 @@ def _model(stage: str) -> dict:
         "num_heads": 4,
         "norm_groups": 8,
         "use_pooled_text": True,
-        "spatial_conv_impl": "matmul",  # faster on XLA:CPU, same result as lax.conv
     }
     if stage == "base":
         # 16 -> 8 -> 4 pixels; attention (spatial, temporal, cross) at 8x8 and 4x4; temporal

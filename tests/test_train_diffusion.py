@@ -1,6 +1,19 @@
-"""Training the real tiny stages (VideoUNet + v-loss + shapes data) with the CLI's code path."""
+"""Training the real tiny stages (VideoUNet + v-loss + shapes data) with the CLI's code path.
 
+`python tests/test_train_diffusion.py DATA_DIR OUT_DIR` runs the sharded-vs-single-device pair of
+runs in a fresh process (see test_sharded_real_step_equals_single_device).
+"""
+
+import os
 import pathlib
+import subprocess
+import sys
+
+if __name__ == "__main__":  # a worker process: the same devices and flags as the test session
+    os.environ["XLA_FLAGS"] = (
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    )
+    os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax
 import numpy as np
@@ -86,14 +99,9 @@ def test_tiny_base_loss_falls_over_200_steps_on_shapes(data_dir, tmp_path):
     assert last < 0.6 * first, (first, last)
 
 
-@pytest.mark.slow
-@pytest.mark.skip(
-    reason="flaky in full-suite runs (once an int32 state counter came out 1 on the mesh vs 2 on "
-    "one device; run alone it passes with every leaf equal). The sharded == single-device "
-    "property is covered on the stand-in model by test_train_core; reinstate once found."
-)
-def test_sharded_real_step_equals_single_device(data_dir, tmp_path):
-    results = []
+def _sharded_and_single_runs(data_dir, out_dir):
+    """Two 2-step tsr runs, on a (data=2, fsdp=4) mesh and on one device; saves their states."""
+    out_dir = pathlib.Path(out_dir)
     for i, (data, fsdp) in enumerate(((2, 4), (1, 1))):
         config = tiny_config("tsr", data_dir, **{
             "train.num_steps": 2, "checkpoint.every_steps": 100, "mesh.data": data,
@@ -103,8 +111,37 @@ def test_sharded_real_step_equals_single_device(data_dir, tmp_path):
             "train.adam_eps": 1e-3,
         })  # fmt: skip
         devices = jax.devices()[: data * fsdp]
-        run = loop.train_and_evaluate(config, tmp_path / str(i), devices=devices)
+        run = loop.train_and_evaluate(config, out_dir / f"run{i}", devices=devices)
         assert (run.status, run.step) == ("completed", 2), (data, fsdp, run.status, run.step)
-        results.append(jax.device_get(run.state))
-    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(run.state))[0]
+        np.savez(out_dir / f"state{i}.npz",
+                 **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sharded_real_step_equals_single_device(data_dir, tmp_path):
+    """The sharded train step of a real stage equals the single-device one (to 1e-6).
+
+    Both runs execute in a fresh process. In full-suite runs (pytest -n 2, after ~100 other
+    tests in the same worker) this comparison once failed with the mesh run's optimizer count
+    one behind, i.e. one step skipped as non-finite; it never reproduced in isolation (5 runs
+    alone or with its neighbouring files, session 3). A fresh process keeps the property tested
+    without the unexplained cross-test interaction; `skipped_steps` is checked first so a
+    recurrence names itself.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, __file__, data_dir, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    mesh, single = (dict(np.load(tmp_path / f"state{i}.npz")) for i in (0, 1))
+    assert sorted(mesh) == sorted(single)
+    skipped = {k: (int(mesh[k]), int(single[k])) for k in mesh if "skipped_steps" in k}
+    assert skipped and all(v == (0, 0) for v in skipped.values()), skipped
+    for key in mesh:
+        np.testing.assert_allclose(mesh[key], single[key], atol=1e-6, rtol=0, err_msg=key)
+
+
+if __name__ == "__main__":
+    _sharded_and_single_runs(sys.argv[1], sys.argv[2])

@@ -4,7 +4,7 @@ The reference shape is the one imagen-pytorch's Unet3D was measured at on the pr
 CPU: dim 64, channel mults (1, 2, 4), 2 ResBlocks per level, attention at the lowest resolution,
 8 frames of 32x32, 16 text tokens, batch 2 (forward) and 4 (train step).
 
-  python tools/bench_unet.py                       # both spatial conv impls, fp32
+  python tools/bench_unet.py                       # every spatial conv impl, fp32
   python tools/bench_unet.py --conv matmul --steps 5 --dtype bfloat16
 
 Prints one line per measurement and a JSON summary. Peak memory is the process's max RSS
@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from t2v_jax.models import UNetConfig, VideoUNet
+from t2v_jax.models.layers import SPATIAL_CONV_IMPLS
 
 REFERENCE = UNetConfig(
     text_dim=768,  # T5-base width, imagen-pytorch's default text_embed_dim
@@ -111,7 +112,7 @@ def bench(cfg: UNetConfig, steps: int, frames: int, size: int, length: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conv", choices=["conv", "matmul", "both"], default="both")
+    parser.add_argument("--conv", choices=[*SPATIAL_CONV_IMPLS, "all"], default="all")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="timed calls after the first")
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=16)
     args = parser.parse_args()
 
-    impls = ["conv", "matmul"] if args.conv == "both" else [args.conv]
+    impls = list(SPATIAL_CONV_IMPLS) if args.conv == "all" else [args.conv]
     results = []
     for impl in impls:
         cfg = dataclasses.replace(
@@ -133,7 +134,7 @@ def main() -> None:
         r["cpu_count"] = os.cpu_count()
         results.append(r)
         print(
-            f"{impl:6s} {args.dtype}: {r['params_m']:.1f}M params | init {r['init_s']:.1f}s | "
+            f"{impl:14s} {args.dtype}: {r['params_m']:.1f}M params | init {r['init_s']:.1f}s | "
             f"forward(b=2) {r['forward_s']:.3f}s (first {r['forward_first_s']:.1f}s) | "
             f"train step(b=4) {r['train_step_s']:.3f}s (first {r['train_first_s']:.1f}s) | "
             f"peak RSS {r['peak_rss_gb']:.2f} GB | load {r['load_avg_1m'][0]:.1f}->"

@@ -52,8 +52,10 @@ class UNetConfig:
       remat: rematerialise each ResBlock / attention block in the backward pass (saves memory).
       attention_impl: `jax.nn.dot_product_attention` backend: "xla", "cudnn" (GPU flash
         attention, bf16 only), or "auto" (cuDNN where it applies, XLA elsewhere).
-      spatial_conv_impl: "conv" (lax.conv) or "matmul" (3x3 patches + one matmul, which XLA:CPU
-        runs faster); both give the same result.
+      spatial_conv_impl: "conv" (lax.conv), "matmul" (3x3 patches + one matmul),
+        "conv_gemm_grad" (lax.conv forward and input gradient, the kernel gradient as one
+        patches GEMM: the fastest train step on XLA:CPU) or "auto" (conv_gemm_grad on CPU, conv
+        on GPU/TPU); all give the same values up to float rounding.
     """
 
     in_channels: int = 3
@@ -78,7 +80,7 @@ class UNetConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
     attention_impl: Literal["xla", "cudnn", "auto"] = "xla"
-    spatial_conv_impl: Literal["conv", "matmul"] = "conv"
+    spatial_conv_impl: Literal["auto", "conv", "matmul", "conv_gemm_grad"] = "auto"
 
     def __post_init__(self):
         num_levels = len(self.channel_mults)
