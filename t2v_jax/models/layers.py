@@ -134,8 +134,9 @@ def conv2d_patches(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """A 'same'-padded k x k conv as im2col patches + one matmul.
 
     x [N, H, W, Cin], kernel [k, k, Cin, Cout] -> [N, H/stride, W/stride, Cout]. Equal to
-    `lax.conv_general_dilated` with padding (k//2, k//2); XLA:CPU runs the single large matmul
-    near its GEMM peak, where its direct 3x3 conv reaches about half of that.
+    `lax.conv_general_dilated` with padding (k//2, k//2). Its forward is slower than XLA:CPU's
+    direct conv (121 vs 41 ms for 32 frames of 32x32x64, idle 2-core CPU), but its autodiff
+    backward avoids XLA:CPU's slow kernel-gradient conv; `conv2d_gemm_grad` keeps both wins.
     """
     k, _, cin, _ = kernel.shape
     return jnp.dot(_patches(x, k, stride), kernel.reshape(k * k * cin, -1))
