@@ -111,6 +111,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
             "cond_noise_min_t": 0.0,
             "cond_noise_max_t": 0.5,
             "distributed_init": False,
+            "init_from": ml_collections.config_dict.placeholder(str),  # warm start
         }
     )
     config.checkpoint = ml_collections.ConfigDict(

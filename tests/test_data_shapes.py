@@ -175,3 +175,28 @@ def test_config_validation():
         shapes.ShapesConfig(name="bad", held_out=(("red", "hexagon", "up"),))
     with pytest.raises(ValueError, match="frames"):
         shapes.ShapesConfig(name="bad", frames=0)
+    with pytest.raises(ValueError, match="size_range"):
+        shapes.ShapesConfig(name="bad", size_range=(0.2, 0.1))
+    with pytest.raises(ValueError, match="travel_range"):
+        shapes.ShapesConfig(name="bad", travel_range=(0.5, 1.5))
+
+
+@pytest.mark.parametrize("config_name", ["32x16", "sweep32x16"])
+def test_sizes_and_travel_follow_the_config(config_name):
+    """Radii lie in `size_range`; the travel (first to last centre) is the `travel_range`
+    fraction of the room along the motion axis, and the object never leaves the frame."""
+    cfg = next(c for c in shapes.Shapes.BUILDER_CONFIGS if c.name == config_name)
+    fractions = []
+    for i in range(200):
+        for obj in shapes.sample_scene(cfg, np.random.default_rng([7, i])):
+            assert cfg.size_range[0] <= obj.size <= cfg.size_range[1]
+            centres = render.object_centres(obj, cfg.frames, cfg.height, cfg.width) / cfg.height
+            dy, _ = render.MOTIONS[obj.motion]
+            along = centres[:, 0] if dy else centres[:, 1]
+            fractions.append(abs(along[-1] - along[0]) / (1 - 2 * obj.size))
+            assert np.all(centres - obj.size >= -1e-9) and np.all(centres + obj.size <= 1 + 1e-9)
+    fractions = np.array(fractions)
+    low, high = cfg.travel_range
+    assert np.all(fractions >= low - 1e-9) and np.all(fractions <= high + 1e-9)
+    # Uniform over the range: both ends are reached.
+    assert fractions.min() < low + 0.05 and fractions.max() > high - 0.05

@@ -151,6 +151,45 @@ def test_consecutive_non_finite_steps_stop_and_keep_the_last_good_checkpoint(tmp
     assert int(restored.state.skipped_steps) == 0
 
 
+def _tree_of_files(directory):
+    return {p: p.stat().st_mtime_ns for p in pathlib.Path(directory).rglob("*")}
+
+
+def test_warm_start_takes_params_and_restarts_step_optimizer_and_data(tmp_path):
+    """train.init_from: params/EMA from another run's newest checkpoint, fresh step, optimizer and
+    data; the source directory is left untouched; a resumed run ignores init_from."""
+    source = loop.train(make_config(4), tmp_path / "src", make_task())
+    files_before = _tree_of_files(tmp_path / "src")
+    config = make_config(1)
+    config.train.init_from = str(tmp_path / "src")
+    warm = loop.train(config, tmp_path / "warm", make_task())
+    src_params, src_ema = jax.device_get((source.state.params, source.state.ema_params))
+    params, ema = jax.device_get((warm.state.params, warm.state.ema_params))
+    # The first update of a fresh optimizer is at learning rate 0 (linear warmup from 0), so the
+    # params are still the source's and the EMA took one step (decay 0.9) towards them.
+    jax.tree.map(np.testing.assert_array_equal, params, src_params)
+    jax.tree.map(lambda e, s, p: np.testing.assert_allclose(e, 0.9 * s + 0.1 * p, rtol=1e-6),
+                 ema, src_ema, src_params)  # fmt: skip
+    assert warm.step == 1 and int(warm.state.opt_state[1][0].count) == 1
+    assert read_final(tmp_path / "warm", 1).data_state == {"position": 1}
+    assert _tree_of_files(tmp_path / "src") == files_before
+    # Resuming the warm run reads its own checkpoint; init_from is not looked at again.
+    config = make_config(2)
+    config.train.init_from = str(tmp_path / "gone")
+    assert loop.train(config, tmp_path / "warm", make_task()).step == 2
+
+
+def test_warm_start_errors_name_the_field(tmp_path):
+    config = make_config(1)
+    config.train.init_from = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"train.init_from=.*no checkpoints/ directory"):
+        loop.train(config, tmp_path / "a", make_task())
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    config.train.init_from = str(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"train.init_from=.*no checkpoint there fits"):
+        loop.train(config, tmp_path / "b", make_task())
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_zero(tmp_path):
     proc = spawn(tmp_path, 300, "--delay=0.05")

@@ -11,7 +11,8 @@ directory only appears under its final name once every item is written):
 On restore the fingerprints are recomputed from the restored arrays. A step that fails to read
 (truncated or missing file, unreadable metadata) or whose values do not match (flipped bytes
 that decompress) is moved aside to `<dir>_corrupt/` with a warning naming the reason, and the
-previous step is tried.
+previous step is tried. A `read_only` Checkpointer (another run's directory, e.g. the source of
+a warm start) never writes, cleans up or moves anything: unusable steps are only skipped.
 """
 
 from __future__ import annotations
@@ -167,17 +168,22 @@ class Checkpointer:
 
     ITEMS = ("state", "data", "meta")
 
-    def __init__(self, directory: str | os.PathLike, cfg: CheckpointConfig):
+    def __init__(
+        self, directory: str | os.PathLike, cfg: CheckpointConfig, *, read_only: bool = False
+    ):
         self.directory = epath.Path(directory)
         self.cfg = cfg
+        self.read_only = read_only
+        self.last_error: str | None = None  # why the newest unusable step failed to restore
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
             save_interval_steps=cfg.every_steps,
             enable_async_checkpointing=cfg.async_save,
             # Leftovers of a save that was killed before it committed are never used; remove
-            # them so they do not pile up.
-            cleanup_tmp_directories=True,
-            create=True,
+            # them so they do not pile up (not in someone else's directory).
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -208,6 +214,8 @@ class Checkpointer:
         Returns once the arrays are copied off the device, so the caller may donate `state` to
         the next step while the files are written in the background.
         """
+        if self.read_only:
+            raise RuntimeError(f"checkpoints in {self.directory} were opened read-only")
         if step in self.manager.all_steps() or not (force or self.should_save(step)):
             return False
         meta = {
@@ -254,7 +262,11 @@ class Checkpointer:
             # Any failure to read a step means the step is unusable, whatever layer (tensorstore,
             # JSON, orbax metadata) noticed it; the message is kept for the warning.
             except Exception as e:
-                self._quarantine(step, f"{type(e).__name__}: {e}")
+                self.last_error = f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:500]}"
+                if self.read_only:
+                    log.warning("checkpoint %s is unusable (skipped)", self.last_error)
+                else:
+                    self._quarantine(step, f"{type(e).__name__}: {e}")
                 continue
             return Restored(step, restored["state"], restored["data"], meta)
         return None

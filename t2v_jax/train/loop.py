@@ -243,7 +243,10 @@ def train(
         log.info("resumed from %s at step %d", ckpt.directory, restored.step)
     else:
         state, _ = state_lib.create_train_state(init, config.get("seed", 0), mesh, rules)
-        log.info("no checkpoint in %s; starting from scratch", ckpt.directory)
+        if train_cfg.init_from:
+            state = _warm_start(state, abstract, train_cfg.init_from, ckpt_cfg)
+        else:
+            log.info("no checkpoint in %s; starting from scratch", ckpt.directory)
     config_json = configlib.to_dict(config)
     step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
     jitted = None
@@ -310,6 +313,33 @@ def train(
     if status == "preempted":
         log.warning("preempted: saved step %d to %s; exiting cleanly", step, ckpt.directory)
     return TrainResult(state=state, status=status, step=step)
+
+
+def _warm_start(
+    state: state_lib.TrainState,
+    abstract: Any,
+    init_from: str,
+    ckpt_cfg: ckpt_lib.CheckpointConfig,
+) -> state_lib.TrainState:
+    """`state` with params, EMA params and frozen params from `init_from`'s newest checkpoint."""
+    directory = pathlib.Path(init_from) / "checkpoints"
+    if not directory.is_dir():
+        raise ValueError(f"train.init_from={init_from!r}: no checkpoints/ directory there")
+    source = ckpt_lib.Checkpointer(directory, ckpt_cfg, read_only=True)
+    try:
+        restored = source.restore_latest(abstract)
+    finally:
+        source.close()
+    if restored is None:
+        raise ValueError(
+            f"train.init_from={init_from!r}: no checkpoint there fits this config's state "
+            f"(newest failure: {source.last_error}); it must come from the same model, text "
+            "encoder and optimizer settings"
+        )
+    log.info("warm start: params from %s at step %d; step, optimizer and data start fresh",
+             directory, restored.step)  # fmt: skip
+    src = restored.state
+    return state.replace(params=src.params, ema_params=src.ema_params, frozen=src.frozen)
 
 
 def train_and_evaluate(

@@ -40,6 +40,10 @@ class TrainConfig:
         low-res conditioning is noised during training (noise conditioning augmentation; the
         text dropout for guidance lives in `diffusion.loss.text_dropout`).
       distributed_init: call `jax.distributed.initialize()` first (multi-host pods).
+      init_from: warm start: a workdir of an earlier run of the same model whose newest usable
+        checkpoint gives the initial params, EMA params and frozen params (the optimizer, the
+        step count and the data position start fresh; that directory is only read). Used only
+        when this run's own workdir has no checkpoint yet: a resumed run continues from its own.
     """
 
     batch_size: int = 8
@@ -59,6 +63,7 @@ class TrainConfig:
     cond_noise_min_t: float = 0.0
     cond_noise_max_t: float = 0.5
     distributed_init: bool = False
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "num_steps", "max_consecutive_skips"):
