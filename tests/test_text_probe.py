@@ -11,7 +11,7 @@ from t2v_jax import cascade
 from t2v_jax.configlib import load_config
 from t2v_jax.data import render
 from t2v_jax.eval import text_probe
-from t2v_jax.eval.shapes_judge import judge_video
+from t2v_jax.eval.shapes_judge import judge_video, measure_video
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -32,13 +32,21 @@ def test_swapped_combos_change_exactly_one_word():
         assert swaps["colour"][0] in render.COLOUR_NAMES and swaps["shape"][1] in render.SHAPES
 
 
-def test_rendered_clips_show_their_labels():
-    videos, combos = text_probe.render_clips(12, 8, 32, 32, seed=3)
+@pytest.mark.parametrize("data_config", ["32x16", "sweep32x16"])
+def test_rendered_clips_show_their_labels(data_config):
+    videos, combos = text_probe.render_clips(12, 8, 32, 32, seed=3, data_config_name=data_config)
     assert videos.shape == (12, 8, 32, 32, 3) and videos.dtype == np.float32
     assert videos.min() >= -1.0 and videos.max() <= 1.0
+    coverage = []
     for video, combo in zip(videos, combos, strict=True):
-        verdict = judge_video(np.round((video + 1.0) * 127.5).astype(np.uint8))
+        frames = np.round((video + 1.0) * 127.5).astype(np.uint8)
+        verdict = judge_video(frames)
         assert (verdict["colour"], verdict["shape"], verdict["motion"]) == combo
+        coverage.append(measure_video(frames)["foreground"])
+    # The clips follow the named config's object sizes (radius 0.12-0.2 vs 0.18-0.26 of the side).
+    low, high = text_probe.data_config(data_config).size_range
+    mean_area = np.pi * (low**2 + low * high + high**2) / 3  # E[pi r^2], r uniform
+    assert abs(np.mean(coverage) / mean_area - 1) < 0.25, (np.mean(coverage), mean_area)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +88,5 @@ def test_probe_rejects_bad_arguments(tiny_pipeline):
         text_probe.text_use_probe(tiny_pipeline, num_clips=0)
     with pytest.raises(ValueError, match="noise_levels"):
         text_probe.text_use_probe(tiny_pipeline, noise_levels=(0.0, 0.5))
+    with pytest.raises(ValueError, match="data_config='nope'; must be one of"):
+        text_probe.text_use_probe(tiny_pipeline, data_config_name="nope")

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-clips", type=int, default=64)
     p.add_argument("--noise-levels", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 0.95])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-config", default="sweep32x16",
+                   help="the shapes config the stage trained on (object sizes and travel)")  # fmt: skip
     p.add_argument("--json", type=pathlib.Path, default=None, help="write the result here")
     args = p.parse_args(argv)
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         num_clips=args.num_clips,
         noise_levels=args.noise_levels,
         seed=args.seed,
+        data_config_name=args.data_config,
     )
     print(text_probe.format_table(result))
     if args.json:

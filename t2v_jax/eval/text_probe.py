@@ -26,6 +26,8 @@ from t2v_jax.models.unet3d import VideoUNet
 
 CONDITIONS = ("true", "null", "colour", "shape", "motion")
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+# The `shapes` config the embedded demo trained on (configs/shapes.py).
+DEFAULT_DATA_CONFIG = "sweep32x16"
 
 
 def swapped_combos(
@@ -47,12 +49,34 @@ def swapped_combos(
     }
 
 
+def data_config(name: str) -> shapes.ShapesConfig:
+    """The `shapes` builder config called `name` (e.g. "sweep32x16")."""
+    configs = {c.name: c for c in shapes.Shapes.BUILDER_CONFIGS}
+    if name not in configs:
+        raise ValueError(f"data_config={name!r}; must be one of {sorted(configs)}")
+    return configs[name]
+
+
 def render_clips(
-    num_clips: int, frames: int, height: int, width: int, seed: int = 0
+    num_clips: int,
+    frames: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    *,
+    data_config_name: str = DEFAULT_DATA_CONFIG,
 ) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
-    """One-object `shapes` clips drawn like the training data: float32 [N, T, H, W, 3] in [-1, 1]."""
+    """One-object clips drawn like `shapes/<data_config_name>` (object sizes and travel) at the
+    given size: float32 [N, T, H, W, 3] in [-1, 1]."""
+    source = data_config(data_config_name)
     cfg = shapes.ShapesConfig(
-        name="probe", height=height, width=width, frames=frames, prob_two_objects=0.0
+        name="probe",
+        height=height,
+        width=width,
+        frames=frames,
+        prob_two_objects=0.0,
+        size_range=source.size_range,
+        travel_range=source.travel_range,
     )
     rng = np.random.default_rng(seed)
     videos, combos = [], []
@@ -74,6 +98,7 @@ def text_use_probe(
     num_clips: int = 64,
     noise_levels: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 0.95),
     seed: int = 0,
+    data_config_name: str = DEFAULT_DATA_CONFIG,
 ) -> dict[str, Any]:
     """Mean v-MSE of the pipeline's base stage per noise level t and caption condition.
 
@@ -82,21 +107,26 @@ def text_use_probe(
       num_clips: rendered one-object clips at the base stage's (frames, height, width).
       noise_levels: diffusion times t in (0, 1) (0 = clean), mapped through the stage's schedule.
       seed: clip, swap and noise seed.
+      data_config_name: the `shapes` config whose object sizes and travel the clips follow
+        (that of the stage's training data).
 
     Returns:
       {'t': [...], 'loss': {condition: [per t]}, 'relative_gap': {condition: [per t]}} with
       conditions `CONDITIONS`; relative_gap[c] = loss[c] / loss['true'] - 1.
 
     Raises:
-      ValueError: num_clips or noise_levels out of range.
+      ValueError: num_clips or noise_levels out of range, or an unknown data_config_name.
     """
     if num_clips < 1:
         raise ValueError(f"num_clips={num_clips}; must be >= 1")
     if not noise_levels or not all(0.0 < t < 1.0 for t in noise_levels):
         raise ValueError(f"noise_levels={tuple(noise_levels)}; each must be in (0, 1)")
+    data_config(data_config_name)
     stage = pipeline.stages[0]  # a Pipeline's first stage is always a base stage
     cfg = stage.config
-    videos, combos = render_clips(num_clips, cfg.frames, cfg.height, cfg.width, seed)
+    videos, combos = render_clips(
+        num_clips, cfg.frames, cfg.height, cfg.width, seed, data_config_name=data_config_name
+    )
     rng = np.random.default_rng(seed + 1)
     swaps = [swapped_combos(c, rng) for c in combos]
     text = {}
