@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t2v_jax.models.attention import CrossAttention, SpatialSelfAttention, TemporalSelfAttention
+from t2v_jax.models.attention import (
+    CrossAttention,
+    SpaceTimeSelfAttention,
+    SpatialSelfAttention,
+    TemporalSelfAttention,
+)
 from t2v_jax.models.layers import SPATIAL_CONV_IMPLS, conv2d_patches
 
 
@@ -109,6 +114,60 @@ def test_spatial_attention_stays_within_each_frame():
     out2 = module.apply(params, x + np.eye(t)[None, :, None, None, None, 0] * 1.0)  # frame 0 only
     np.testing.assert_allclose(out2[:, 1:], out[:, 1:], atol=1e-6)
     assert not np.allclose(out2[:, 0], out[:, 0])
+
+
+def _sinusoid(n, dim):  # NumPy transformer sin/cos features of positions 0..n-1: [n, dim]
+    half = dim // 2
+    freqs = np.exp(-np.log(10_000.0) * np.arange(half) / half)
+    args = np.arange(n)[:, None] * freqs[None]
+    return np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+
+
+def test_spacetime_attention_matches_reference_with_positions_and_frame_mask():
+    b, t, h, w, c, heads = 2, 3, 2, 3, 8, 2
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(b, t, h, w, c))
+    frame_mask = np.array([[True, False, True], [True] * t])
+    module = SpaceTimeSelfAttention(heads=heads)
+    params = _numpy_params(module, x, frame_mask)
+    out = np.asarray(module.apply({"params": params}, x, jnp.asarray(frame_mask)))
+
+    p = params
+    pos = (_sinusoid(t, c) @ p["frame_position"])[:, None, None]
+    pos = pos + (_sinusoid(h, c) @ p["row_position"])[None, :, None]
+    pos = pos + (_sinusoid(w, c) @ p["column_position"])[None, None, :]
+    y = (_layer_norm(x, p["norm"]) + pos[None]).reshape(b, t * h * w, c)
+    q, k, v = (_proj(y, p[n]) for n in ("query", "key", "value"))  # [B, THW, heads, d]
+    frame_of = np.repeat(np.arange(t), h * w)
+    ref = x.reshape(b, t * h * w, c).copy()
+    for bi in range(b):
+        for i in range(t * h * w):
+            if frame_mask[bi, frame_of[i]]:  # a video frame: every position of the video frames
+                keys = [j for j in range(t * h * w) if frame_mask[bi, frame_of[j]]]
+            else:  # an image frame: only its own positions
+                keys = [j for j in range(t * h * w) if frame_of[j] == frame_of[i]]
+            for hd in range(heads):
+                logits = np.array([q[bi, i, hd] @ k[bi, j, hd] for j in keys]) / np.sqrt(c // heads)
+                o = _softmax(logits) @ v[bi, keys, hd]
+                ref[bi, i] += o @ p["out"]["kernel"][hd]
+            ref[bi, i] += p["out"]["bias"]
+    np.testing.assert_allclose(out, ref.reshape(x.shape), atol=1e-4, rtol=1e-4)
+
+
+def test_spacetime_attention_starts_as_identity_and_relates_frames():
+    b, t, h, w, c = 1, 3, 2, 2, 8
+    x = np.random.default_rng(7).normal(size=(b, t, h, w, c)).astype(np.float32)
+    module = SpaceTimeSelfAttention(heads=2)
+    variables = module.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(np.asarray(module.apply(variables, x)), x)  # zero-init output
+    params = {"params": _numpy_params(module, x)}
+    out = np.asarray(module.apply(params, x))
+    bumped = x.copy()
+    bumped[:, 0, 0, 0] += np.linspace(-1.0, 1.0, c)  # one pixel of frame 0 (not a constant:
+    # LayerNorm would remove that)
+    out2 = np.asarray(module.apply(params, bumped))
+    # Unlike temporal attention (same pixel only), every pixel of every frame sees the change.
+    assert np.all(np.abs(out2 - out)[:, 1:].max(axis=-1) > 1e-6)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -186,8 +186,68 @@ def test_warm_start_errors_name_the_field(tmp_path):
         loop.train(config, tmp_path / "a", make_task())
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     config.train.init_from = str(tmp_path / "empty")
-    with pytest.raises(ValueError, match=r"train.init_from=.*no checkpoint there fits"):
+    with pytest.raises(ValueError, match=r"train.init_from=.*no usable checkpoint there"):
         loop.train(config, tmp_path / "b", make_task())
+
+
+class Grown(nn.Module):
+    """StandIn plus a zero-initialised extra layer (a model that gained a block)."""
+
+    width: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        y = StandIn(name="base")(x)
+        extra = self.param(
+            "extra", nn.with_logical_partitioning(nn.initializers.zeros, (axes.CHANNELS, axes.MLP)), (3, self.width)
+        )  # fmt: skip
+        return y + (x @ extra)[..., :3]
+
+
+def _grown_task(width=3):
+    def init(rng):
+        return {"model": Grown(width).init(rng, jnp.zeros(BATCH_SHAPE))["params"]}, {}
+
+    def loss(params, frozen, rng, batch):
+        del frozen
+        noise = jax.random.normal(rng, batch["video"].shape)
+        pred = Grown(width).apply({"params": params["model"]}, batch["video"] + noise)
+        return jnp.mean((pred - noise) ** 2), {}
+
+    return loop.Task(init, loss, lambda: NumpyBatches())
+
+
+def test_warm_start_into_a_grown_model_keeps_new_params_fresh(tmp_path):
+    def nest(tree):  # StandIn's params as the grown model names them
+        return {"model": {"base": tree["model"]}}
+
+    source = loop.train(make_config(3), tmp_path / "src", make_task())
+    # Re-save the source under the grown model's paths: a run whose model was StandIn at
+    # model/base (same leaves), as a model that later gained "extra".
+    state = source.state.replace(params=nest(source.state.params),
+                                 ema_params=nest(source.state.ema_params))  # fmt: skip
+    opt = state.opt_state
+    adam = opt[1][0]._replace(mu=nest(opt[1][0].mu), nu=nest(opt[1][0].nu))
+    state = state.replace(opt_state=(opt[0], (adam, *opt[1][1:])))
+    ckpt = ckpt_lib.Checkpointer(tmp_path / "nested" / "checkpoints", ckpt_lib.CheckpointConfig())
+    ckpt.save(3, state, {"position": 3}, {}, force=True)
+    ckpt.close()
+
+    config = make_config(1)
+    config.train.init_from = str(tmp_path / "nested")
+    warm = loop.train(config, tmp_path / "warm", _grown_task())
+    params = jax.device_get(warm.state.params)["model"]
+    src = jax.device_get(source.state.params)["model"]
+    jax.tree.map(np.testing.assert_array_equal, params["base"], src)  # lr 0 on the first step
+    assert not np.any(params["extra"])  # not in the source: its zero init, unchanged
+
+    # A saved parameter with another shape, or one the model has no place for, is an error.
+    config.train.init_from = str(tmp_path / "nested")
+    with pytest.raises(ValueError, match=r"init_from=.*has no place for params"):
+        loop.train(config, tmp_path / "dropped", make_task())
+    config.train.init_from = str(tmp_path / "warm")
+    with pytest.raises(ValueError, match=r"init_from=.*\['extra'\] has shape \(3, 3\) there"):
+        loop.train(config, tmp_path / "reshaped", _grown_task(width=5))
 
 
 @pytest.mark.slow

@@ -216,6 +216,32 @@ def test_frame_mask_isolates_image_frames(base_params):
     np.testing.assert_allclose(single[0, 0], out[0, 2], atol=1e-5)
 
 
+def test_spacetime_attention_mixes_frames_alone_and_respects_the_frame_mask():
+    cfg = dataclasses.replace(BASE, temporal_mixing="none", spacetime_attention_resolutions=(2,))
+    params = _random_params(cfg)
+    names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert any("_spacetime" in n for n in names) and not any("temporal" in n for n in names)
+    args, _ = _inputs(cfg)
+    apply = _apply(cfg)
+    out = apply(params, *args)
+    # No temporal conv or temporal attention: the joint block alone carries frame 0 to the others.
+    out2 = apply(params, _perturb_frame(args[0], 0, 0), *args[1:])
+    assert not np.allclose(out2[0, 1:], out[0, 1:], atol=1e-4)
+    frame_mask = jnp.array([[True, True, False, True], [True] * 4])
+    run = lambda x: apply(params, x, *args[1:], frame_mask=frame_mask)
+    out = run(args[0])
+    out3 = run(_perturb_frame(args[0], 0, 2))  # the image frame reaches no other frame
+    np.testing.assert_allclose(out3[0, [0, 1, 3]], out[0, [0, 1, 3]], atol=1e-6)
+    out4 = run(_perturb_frame(args[0], 0, 0))  # a video frame reaches video frames only
+    np.testing.assert_allclose(out4[0, 2], out[0, 2], atol=1e-6)
+    assert not np.allclose(out4[0, 3], out[0, 3], atol=1e-4)
+    # A fresh block is the identity: the real init zeroes its output projection.
+    init = nn.unbox(jax.jit(VideoUNet(cfg).init)(jax.random.key(0), *args))
+    outs = [v for k, v in jax.tree_util.tree_flatten_with_path(init)[0]
+            if "_spacetime" in jax.tree_util.keystr(k) and "'out'" in jax.tree_util.keystr(k)]  # fmt: skip
+    assert outs and not any(np.any(v) for v in outs)
+
+
 def test_text_padding_never_leaks_and_empty_prompt_is_finite(base_params):
     (x, log_snr, text, mask), _ = _inputs(BASE)
     apply = _apply(BASE)
@@ -309,6 +335,8 @@ def test_sharded_forward_matches_unsharded(base_params):
 def test_config_is_validated():
     with pytest.raises(ValueError, match="spatial_attention_resolutions"):
         dataclasses.replace(BASE, spatial_attention_resolutions=(8,))
+    with pytest.raises(ValueError, match="spacetime_attention_resolutions"):
+        dataclasses.replace(BASE, spacetime_attention_resolutions=(4,))
     with pytest.raises(ValueError, match="norm_groups"):
         dataclasses.replace(BASE, norm_groups=3)
     with pytest.raises(ValueError, match="num_res_blocks"):

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=int, default=96, help="prompts over the vocabulary")
     p.add_argument("--num-heldout-prompts", type=int, default=32,
                    help="extra prompts from the held-out combinations")  # fmt: skip
-    p.add_argument("--heldout-from", default="32x16",
+    p.add_argument("--heldout-from", default="sweep32x16",
                    help="shapes TFDS config whose held-out combinations to use")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one pass per seed")
     p.add_argument("--num-steps", type=int, nargs="+", default=None,

@@ -30,7 +30,7 @@ def prompt_for(combo: Combo) -> str:
     return f"{article} {colour} {shape} moving {motion}"
 
 
-def held_out_combos(data_config: str = "32x16") -> tuple[Combo, ...]:
+def held_out_combos(data_config: str = "sweep32x16") -> tuple[Combo, ...]:
     """The combinations the `shapes/<data_config>` TFDS builder keeps out of its train split."""
     from t2v_jax.data import shapes
 

@@ -1,6 +1,8 @@
 """Attention blocks of the video U-Net: spatial self-, temporal self- and text cross-attention.
 
-All three are pre-norm residual blocks around `jax.nn.dot_product_attention`, so one switch
+A fourth, joint space-time self-attention, lets every pixel of every frame attend to all the
+others (for coarse levels, where a moving object's displacement must be related across frames).
+All are pre-norm residual blocks around `jax.nn.dot_product_attention`, so one switch
 picks the backend (XLA everywhere, cuDNN flash attention on GPU). Spatial attention mixes the
 pixels of one frame, temporal attention the frames at one pixel (with a learned relative-position
 bias over frame offsets and the frame mask), cross-attention lets every pixel read the text.
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from t2v_jax import axes
-from t2v_jax.models.layers import GroupNorm, LayerNorm, default_init, param
+from t2v_jax.models.layers import GroupNorm, LayerNorm, default_init, param, sinusoidal_embedding
 
 Dtype = Any
 
@@ -195,3 +197,46 @@ class TemporalSelfAttention(nn.Module):
         if frame_mask is not None:
             o = o * frame_mask.astype(self.dtype)[:, :, None, None, None]
         return x.astype(self.dtype) + o
+
+
+class SpaceTimeSelfAttention(nn.Module):
+    """Joint self-attention over all T*H*W positions of a clip: [B, T, H, W, C] -> same.
+
+    Temporal attention only compares a pixel with itself in other frames, so it cannot follow an
+    object that moves; here a position can attend to where the object is in another frame. The
+    queries and keys see sinusoidal frame, row and column positions through zero-initialised
+    projections, and the output projection is zero-initialised, so a new block starts as the
+    identity (it can be added to a trained model). With a frame mask, video frames attend to the
+    video frames of their example and an image frame only to itself.
+    """
+
+    heads: int
+    dtype: Dtype = jnp.float32
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, frame_mask: jax.Array | None = None) -> jax.Array:
+        b, t, h, w, c = x.shape
+        d = c // self.heads
+        y = LayerNorm(self.dtype, name="norm")(x)
+        position = jnp.zeros((t, h, w, c), self.dtype)
+        for name, size, axis in (("frame", t, 0), ("row", h, 1), ("column", w, 2)):
+            table = sinusoidal_embedding(jnp.arange(size), c)  # [size, C]
+            kernel = param(self, f"{name}_position", nn.initializers.zeros, (c, c),
+                           (axes.EMBED, axes.CHANNELS))  # fmt: skip
+            shape = [1, 1, 1, c]
+            shape[axis] = size
+            position = position + (table @ kernel).astype(self.dtype).reshape(shape)
+        y = (y + position[None]).reshape(b, t * h * w, c)  # [B, THW, C]
+        q, k, v = (
+            _Projection(self.heads, d, self.dtype, name=n)(y) for n in ("query", "key", "value")
+        )
+        mask = None
+        if frame_mask is not None:
+            frame_of = jnp.repeat(jnp.arange(t), h * w)  # [THW]
+            fm = frame_mask.astype(bool)[:, frame_of]  # [B, THW]
+            same_frame = frame_of[:, None] == frame_of[None, :]
+            mask = ((fm[:, :, None] & fm[:, None, :]) | same_frame[None])[:, None]  # [B,1,THW,THW]
+        o = attention(q, k, v, mask=mask, impl=self.impl)  # [B, THW, heads, d]
+        o = _OutProjection(c, self.dtype, zero_init=True, name="out")(o)
+        return x.astype(self.dtype) + o.reshape(b, t, h, w, c)

@@ -34,6 +34,11 @@ class UNetConfig:
         cross-attention, when `cross_attention`); () makes a fully convolutional network.
       temporal_attention_resolutions: downsample factors with temporal self-attention when
         `temporal_mixing` includes attention; None means the same as spatial attention.
+      spacetime_attention_resolutions: downsample factors with a joint space-time
+        self-attention block (every pixel of every frame attends to every other, with sinusoidal
+        frame and pixel positions through zero-initialised projections), after the other
+        attention blocks of the level. Per-pixel temporal attention cannot see where a moving
+        object went; this block can, at O((T*H*W)^2) cost, so use it at coarse levels only.
       temporal_mixing: "attention" (temporal self-attention, Imagen Video base), "conv"
         (zero-initialised temporal convs in every ResBlock, Imagen Video SR stages), "both", or
         "none" (an image model applied per frame).
@@ -67,6 +72,7 @@ class UNetConfig:
     num_res_blocks: int | tuple[int, ...] = 2
     spatial_attention_resolutions: tuple[int, ...] = (4,)
     temporal_attention_resolutions: tuple[int, ...] | None = None
+    spacetime_attention_resolutions: tuple[int, ...] = ()
     temporal_mixing: Literal["attention", "conv", "both", "none"] = "both"
     temporal_downsample: bool | tuple[bool, ...] = False
     num_heads: int = 4
@@ -102,7 +108,11 @@ class UNetConfig:
         elif self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks: must be >= 1, got {self.num_res_blocks}")
         factors = {2**i for i in range(num_levels)}
-        for name in ("spatial_attention_resolutions", "temporal_attention_resolutions"):
+        for name in (
+            "spatial_attention_resolutions",
+            "temporal_attention_resolutions",
+            "spacetime_attention_resolutions",
+        ):
             value = getattr(self, name) or ()
             bad = [f for f in value if f not in factors]
             if bad:
@@ -124,7 +134,9 @@ class UNetConfig:
                     f"norm_groups: {self.norm_groups} does not divide the {channels} channels of a "
                     "level (base_channels * channel_mults)"
                 )
-            if not (self.spatial_attention_at(level) or self.temporal_attention_at(level)):
+            attends = (self.spatial_attention_at(level) or self.temporal_attention_at(level)
+                       or self.spacetime_attention_at(level))  # fmt: skip
+            if not attends:
                 continue
             if self.head_dim is not None and channels % self.head_dim:
                 raise ValueError(f"head_dim: {self.head_dim} does not divide {channels} channels")
@@ -167,6 +179,9 @@ class UNetConfig:
 
     def spatial_attention_at(self, level: int) -> bool:
         return 2**level in self.spatial_attention_resolutions
+
+    def spacetime_attention_at(self, level: int) -> bool:
+        return 2**level in self.spacetime_attention_resolutions
 
     def temporal_attention_at(self, level: int) -> bool:
         if self.temporal_mixing not in ("attention", "both"):

@@ -13,7 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2v_jax.models.attention import CrossAttention, SpatialSelfAttention, TemporalSelfAttention
+from t2v_jax.models.attention import (
+    CrossAttention,
+    SpaceTimeSelfAttention,
+    SpatialSelfAttention,
+    TemporalSelfAttention,
+)
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.layers import (
     Downsample,
@@ -129,6 +134,7 @@ class VideoUNet(nn.Module):
         spatial_attn = self._block(SpatialSelfAttention)
         cross_attn = self._block(CrossAttention)
         temporal_attn = self._block(TemporalSelfAttention)
+        spacetime_attn = self._block(SpaceTimeSelfAttention)
         impl = cfg.spatial_conv_impl
 
         def resnet(hidden, level, name, mask):
@@ -161,6 +167,10 @@ class VideoUNet(nn.Module):
                     cfg.attention_impl,
                     name=f"{name}_temporal",
                 )(hidden, mask)
+            if cfg.spacetime_attention_at(level):
+                hidden = spacetime_attn(heads, dtype, cfg.attention_impl, name=f"{name}_spacetime")(
+                    hidden, mask
+                )
             return hidden
 
         hidden = SpatialConv(cfg.base_channels, dtype=dtype, impl=impl, name="conv_in")(x)

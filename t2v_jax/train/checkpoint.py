@@ -271,6 +271,48 @@ class Checkpointer:
             return Restored(step, restored["state"], restored["data"], meta)
         return None
 
+    def restore_latest_subtrees(
+        self, fields: tuple[str, ...], wanted: tuple[str, ...]
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The newest usable step's `wanted` state fields as saved, without a target structure.
+
+        For warm starts of a model that gained or lost parameters since the save. `fields` is the
+        state's field order (its per-leaf fingerprints are saved in that order); the wanted
+        subtrees (nested dicts of arrays) are verified against their slice of the fingerprints.
+        Unusable steps are handled as in `restore_latest`. Returns (step, {field: subtree}).
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+                    ),
+                )
+                raw, meta = restored["state"], restored["meta"]
+                if meta.get("step") != step:
+                    raise ValueError(f"metadata names step {meta.get('step')}, not {step}")
+                start, out = 0, {}
+                for name in fields:
+                    subtree = raw.get(name, {})
+                    count = len(jax.tree.leaves(subtree))
+                    if name in wanted:
+                        if fingerprint(subtree) != meta["fingerprints"][start : start + count]:
+                            raise ValueError(f"restored {name} do not match their fingerprints")
+                        out[name] = subtree
+                    start += count
+                if start != len(meta["fingerprints"]):
+                    raise ValueError("the saved state does not have the expected fields")
+            except Exception as e:
+                self.last_error = f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:500]}"
+                if self.read_only:
+                    log.warning("checkpoint %s is unusable (skipped)", self.last_error)
+                else:
+                    self._quarantine(step, f"{type(e).__name__}: {e}")
+                continue
+            return step, out
+        return None
+
     def _quarantine(self, step: int, reason: str) -> None:
         older = [s for s in self.all_steps() if s < step]
         fallback = f"falling back to step {older[-1]}" if older else "no older checkpoint left"

@@ -244,7 +244,7 @@ def train(
     else:
         state, _ = state_lib.create_train_state(init, config.get("seed", 0), mesh, rules)
         if train_cfg.init_from:
-            state = _warm_start(state, abstract, train_cfg.init_from, ckpt_cfg)
+            state = _warm_start(state, train_cfg.init_from, ckpt_cfg)
         else:
             log.info("no checkpoint in %s; starting from scratch", ckpt.directory)
     config_json = configlib.to_dict(config)
@@ -315,31 +315,70 @@ def train(
     return TrainResult(state=state, status=status, step=step)
 
 
+_WARM_FIELDS = ("params", "ema_params", "frozen")
+
+
 def _warm_start(
-    state: state_lib.TrainState,
-    abstract: Any,
-    init_from: str,
-    ckpt_cfg: ckpt_lib.CheckpointConfig,
+    state: state_lib.TrainState, init_from: str, ckpt_cfg: ckpt_lib.CheckpointConfig
 ) -> state_lib.TrainState:
-    """`state` with params, EMA params and frozen params from `init_from`'s newest checkpoint."""
+    """`state` with params, EMA params and frozen params from `init_from`'s newest checkpoint.
+
+    Matched by parameter path: every saved parameter must exist in `state` with the same shape
+    (nothing trained is silently dropped); parameters the saved run did not have (new blocks)
+    keep their fresh initialisation and are listed in the log.
+    """
     directory = pathlib.Path(init_from) / "checkpoints"
     if not directory.is_dir():
         raise ValueError(f"train.init_from={init_from!r}: no checkpoints/ directory there")
     source = ckpt_lib.Checkpointer(directory, ckpt_cfg, read_only=True)
+    fields = tuple(f.name for f in dataclasses.fields(state_lib.TrainState))
     try:
-        restored = source.restore_latest(abstract)
+        found = source.restore_latest_subtrees(fields, _WARM_FIELDS)
     finally:
         source.close()
-    if restored is None:
+    if found is None:
         raise ValueError(
-            f"train.init_from={init_from!r}: no checkpoint there fits this config's state "
-            f"(newest failure: {source.last_error}); it must come from the same model, text "
-            "encoder and optimizer settings"
+            f"train.init_from={init_from!r}: no usable checkpoint there "
+            f"(newest failure: {source.last_error})"
         )
-    log.info("warm start: params from %s at step %d; step, optimizer and data start fresh",
-             directory, restored.step)  # fmt: skip
-    src = restored.state
-    return state.replace(params=src.params, ema_params=src.ema_params, frozen=src.frozen)
+    step, saved = found
+    merged, fresh = {}, set()
+    for name in _WARM_FIELDS:
+        merged[name], new = _merge_by_path(getattr(state, name), saved[name], init_from, name)
+        fresh.update(new)
+    log.info("warm start: %s from %s at step %d; step, optimizer and data start fresh%s",
+             ", ".join(_WARM_FIELDS), directory, step,
+             f"; {len(fresh)} new parameters keep their init: {sorted(fresh)}" if fresh else "")  # fmt: skip
+    return state.replace(**merged)
+
+
+def _merge_by_path(target: Any, saved: Any, init_from: str, name: str) -> tuple[Any, set[str]]:
+    """`target` with every leaf that `saved` holds at the same path (same shape required)."""
+    keystr = jax.tree_util.keystr
+    saved_leaves = {keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    paths, treedef = jax.tree_util.tree_flatten_with_path(target)
+    leaves, fresh = [], set()
+    for path, leaf in paths:
+        key = keystr(path)
+        if key not in saved_leaves:
+            fresh.add(key)
+            leaves.append(leaf)
+            continue
+        value = saved_leaves.pop(key)
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise ValueError(
+                f"train.init_from={init_from!r}: {name}{key} has shape {tuple(value.shape)} "
+                f"there but {tuple(leaf.shape)} in this model"
+            )
+        value = np.asarray(jax.device_get(value)).astype(leaf.dtype)
+        leaves.append(jax.device_put(value, leaf.sharding))
+    if saved_leaves:
+        raise ValueError(
+            f"train.init_from={init_from!r}: this model has no place for {name} "
+            f"{sorted(saved_leaves)[:5]}{' ...' if len(saved_leaves) > 5 else ''}; a warm start "
+            "never drops trained parameters"
+        )
+    return jax.tree_util.tree_unflatten(treedef, leaves), fresh
 
 
 def train_and_evaluate(

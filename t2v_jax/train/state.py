@@ -40,10 +40,12 @@ class TrainConfig:
         low-res conditioning is noised during training (noise conditioning augmentation; the
         text dropout for guidance lives in `diffusion.loss.text_dropout`).
       distributed_init: call `jax.distributed.initialize()` first (multi-host pods).
-      init_from: warm start: a workdir of an earlier run of the same model whose newest usable
-        checkpoint gives the initial params, EMA params and frozen params (the optimizer, the
-        step count and the data position start fresh; that directory is only read). Used only
-        when this run's own workdir has no checkpoint yet: a resumed run continues from its own.
+      init_from: warm start: a workdir of an earlier run whose newest usable checkpoint gives
+        the initial params, EMA params and frozen params, matched by path (the model may have
+        gained blocks, which keep their init; every saved parameter must fit this model). The
+        optimizer, the step count and the data position start fresh; that directory is only
+        read. Used only when this run's own workdir has no checkpoint yet: a resumed run
+        continues from its own.
     """
 
     batch_size: int = 8

@@ -24,10 +24,11 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def _select(pred: jax.Array, new: Any, old: Any) -> Any:
-    # An elementwise select (not lax.cond) so the old values come back bit for bit and both
-    # branches stay in one fused program.
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+def _if_finite(finite: jax.Array, update: Callable[[Any], Any], operands: Any) -> Any:
+    # One lax.cond rather than a select per leaf: the old values still come back bit for bit,
+    # and the compiled step does not repeat the finiteness test in every leaf's fused update
+    # (at ~250 leaves x 4 trees that was a large share of the compile time).
+    return jax.lax.cond(finite, update, lambda ops: ops[:-1], operands)
 
 
 def make_train_step(
@@ -54,15 +55,21 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = ema_update(state.ema_params, params, ema_decay)
+        def update(operands):
+            params, ema_params, opt_state, grads = operands
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return params, ema_update(ema_params, params, ema_decay), opt_state
+
+        params, ema_params, opt_state = _if_finite(
+            finite, update, (state.params, state.ema_params, state.opt_state, grads)
+        )
         skipped = (~finite).astype(jnp.int32)
         new_state = state.replace(
             step=state.step + 1,
-            params=_select(finite, params, state.params),
-            ema_params=_select(finite, ema_params, state.ema_params),
-            opt_state=_select(finite, opt_state, state.opt_state),
+            params=params,
+            ema_params=ema_params,
+            opt_state=opt_state,
             skipped_steps=state.skipped_steps + skipped,
             consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
         )
