@@ -1,5 +1,6 @@
 """Train state, sharded step, NaN skip and checkpoints, on a tiny stand-in model (fast)."""
 
+import dataclasses
 import logging
 
 import flax.linen as nn
@@ -243,3 +244,32 @@ def test_fingerprint_sees_one_flipped_bit_and_swapped_values():
     assert ckpt_lib.fingerprint({"x": jax.lax.bitcast_convert_type(flipped, jnp.float32)}) != base
     assert ckpt_lib.fingerprint({"x": x[::-1]}) != base
     assert ckpt_lib.fingerprint({"x": x}) == base
+
+
+def test_read_only_subtree_restore_skips_a_damaged_step_and_touches_nothing(tmp_path, caplog):
+    """What a warm start reads: params/EMA/frozen without a target structure, verified, from a
+    directory it must not change (a damaged step is skipped, not moved aside)."""
+    init, _, ckpt = _saved_run(tmp_path, 4)
+    ckpt.close()
+    mesh = mesh_of(2, 4)
+    abstract, _ = state_lib.state_shardings(init, mesh, sharding.DEFAULT_RULES)
+    fields = tuple(f.name for f in dataclasses.fields(state_lib.TrainState))
+    wanted = ("params", "ema_params", "frozen")
+    reader = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(), read_only=True)
+    step, trees = reader.restore_latest_subtrees(fields, wanted)
+    full = reader.restore_latest(abstract)
+    reader.close()
+    assert step == full.step == 4
+    assert_trees_equal(jax.device_get(trees["params"]), jax.device_get(full.state.params))
+    assert_trees_equal(jax.device_get(trees["ema_params"]), jax.device_get(full.state.ema_params))
+    for victim in (p for p in (tmp_path / "ckpt" / "4" / "state").rglob("*") if p.is_file()):
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    reader = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(), read_only=True)
+    with caplog.at_level(logging.WARNING, logger="t2v_jax.train.checkpoint"):
+        step, _ = reader.restore_latest_subtrees(fields, wanted)
+    reader.close()
+    assert step == 2 and "step 4" in caplog.text and "skipped" in caplog.text
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing moved or cleaned
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.save(6, full.state, {}, {}, force=True)

@@ -262,11 +262,7 @@ class Checkpointer:
             # Any failure to read a step means the step is unusable, whatever layer (tensorstore,
             # JSON, orbax metadata) noticed it; the message is kept for the warning.
             except Exception as e:
-                self.last_error = f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:500]}"
-                if self.read_only:
-                    log.warning("checkpoint %s is unusable (skipped)", self.last_error)
-                else:
-                    self._quarantine(step, f"{type(e).__name__}: {e}")
+                self._unusable(step, e)
                 continue
             return Restored(step, restored["state"], restored["data"], meta)
         return None
@@ -304,14 +300,19 @@ class Checkpointer:
                 if start != len(meta["fingerprints"]):
                     raise ValueError("the saved state does not have the expected fields")
             except Exception as e:
-                self.last_error = f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:500]}"
-                if self.read_only:
-                    log.warning("checkpoint %s is unusable (skipped)", self.last_error)
-                else:
-                    self._quarantine(step, f"{type(e).__name__}: {e}")
+                self._unusable(step, e)
                 continue
             return step, out
         return None
+
+    def _unusable(self, step: int, error: Exception) -> None:
+        """Records why `step` failed; moves it aside unless read-only (then it is only skipped)."""
+        name = type(error).__name__
+        self.last_error = f"step {step}: {name}: {str(error).splitlines()[0][:500]}"
+        if self.read_only:
+            log.warning("checkpoint %s is unusable (skipped)", self.last_error)
+        else:
+            self._quarantine(step, f"{name}: {error}")
 
     def _quarantine(self, step: int, reason: str) -> None:
         older = [s for s in self.all_steps() if s < step]
