@@ -48,10 +48,21 @@ def test_quick_sets_the_fast_compile_flag_unless_given(monkeypatch):
     monkeypatch.setattr(bench, "format_table", lambda r: "")
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     assert cli.main(["--quick"]) == 0
-    assert os.environ["XLA_FLAGS"].endswith(" --xla_backend_optimization_level=0")
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=8",
+        "--xla_backend_optimization_level=0",
+        "--xla_cpu_use_fusion_emitters=false",
+    ]
+    # A flag the user set wins; the other is still added.
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
     assert cli.main(["--quick"]) == 0
-    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_backend_optimization_level=2",
+        "--xla_cpu_use_fusion_emitters=false",
+    ]
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert cli.main([]) == 0
+    assert os.environ["XLA_FLAGS"] == ""
 
 
 def _positive(x):
@@ -68,6 +79,7 @@ def test_quick_bench_emits_every_field(tmp_path, capsys):
     assert "| U-Net train step" in capsys.readouterr().out
     assert r["quick"] is True and r["device"]["platform"] == "cpu"
     assert "--xla_backend_optimization_level=0" in r["device"]["xla_flags"]
+    assert "--xla_cpu_use_fusion_emitters=false" in r["device"]["xla_flags"]
     assert _positive(r["peak"]["flops_per_s"]) and r["peak"]["n"] == 2048
     assert _positive(r["text_encoder"]["prompts_per_s"])
     for name in ("forward", "train_step"):

@@ -11,9 +11,21 @@ import json
 import os
 import sys
 
-# --quick: XLA:CPU's LLVM passes dominate the compile time of tiny programs (threefry kernels
-# and the optimizer's per-parameter updates especially); level 0 cuts it several-fold.
-_FAST_COMPILE = "--xla_backend_optimization_level=0"
+# --quick: compile time dominates tiny programs. XLA:CPU's LLVM passes are most of it (threefry
+# kernels and the optimizer's per-parameter updates especially); level 0 cuts it several-fold.
+# The MLIR fusion emitters cost another ~30% of the train step's compile and half the sampler's
+# over the older loop emitters on this project's 2-core CPU (measured under load: t2v-bench
+# --quick 90 s -> 76 s); both only change how fast the code is, not what it computes.
+_FAST_COMPILE = {
+    "xla_backend_optimization_level": "0",
+    "xla_cpu_use_fusion_emitters": "false",
+}
+
+
+def fast_compile_flags(flags: str) -> str:
+    """`flags` (an XLA_FLAGS value) plus each `_FAST_COMPILE` flag it does not set itself."""
+    extra = [f"--{name}={value}" for name, value in _FAST_COMPILE.items() if name not in flags]
+    return " ".join([flags.strip(), *extra]).strip()
 
 
 def _write(results: dict, path: str | None) -> None:
@@ -72,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny shapes (configs/tiny.py) and, unless XLA_FLAGS sets one, XLA's backend "
-        f"optimisation level 0 ({_FAST_COMPILE}): under a minute on a 2-core CPU",
+        help="tiny shapes (configs/tiny.py) and XLA flags that compile faster (each unless "
+        f"XLA_FLAGS sets it: {fast_compile_flags('')}): under a minute on a 2-core CPU",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per warm measure")
     parser.add_argument(
@@ -90,11 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
     args = parser.parse_args(argv)  # fmt: skip
 
-    flags = os.environ.get("XLA_FLAGS", "")
-    if args.quick and "xla_backend_optimization_level" not in flags:
+    if args.quick:
         # Read when the backend starts (nothing has touched a device yet); the sampling
         # subprocesses inherit it.
-        os.environ["XLA_FLAGS"] = f"{flags} {_FAST_COMPILE}".strip()
+        os.environ["XLA_FLAGS"] = fast_compile_flags(os.environ.get("XLA_FLAGS", ""))
 
     from t2v_jax import bench
 
