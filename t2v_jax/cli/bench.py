@@ -13,9 +13,9 @@ import sys
 
 # --quick: compile time dominates tiny programs. XLA:CPU's LLVM passes are most of it (threefry
 # kernels and the optimizer's per-parameter updates especially); level 0 cuts it several-fold.
-# The MLIR fusion emitters cost another ~30% of the train step's compile and half the sampler's
-# over the older loop emitters on this project's 2-core CPU (measured under load: t2v-bench
-# --quick 90 s -> 76 s); both only change how fast the code is, not what it computes.
+# The older loop emitters compile faster than the MLIR fusion emitters: on this project's 2-core
+# CPU, t2v-bench --quick 58 s -> 51 s idle (90 s -> 76 s under load), mostly in the sampler's
+# programs. Both flags change how fast the code runs, not what it computes.
 _FAST_COMPILE = {
     "xla_backend_optimization_level": "0",
     "xla_cpu_use_fusion_emitters": "false",
