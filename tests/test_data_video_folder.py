@@ -153,3 +153,17 @@ def test_config_and_captions_validation(tmp_path):
     rows.write_text("name,text\na.mp4,b\n")
     with pytest.raises(ValueError, match="'file' and 'caption'"):
         video_folder.read_captions(str(rows))
+
+
+def test_training_does_not_import_ffmpeg():
+    """The trainer and the data pipeline load without imageio_ffmpeg (a 68 MB binary wheel that a
+    lean accelerator image may lack); only decoding a video file needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import t2v_jax.train.task, t2v_jax.data.pipeline, t2v_jax.bench; "
+        "print('imageio_ffmpeg' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

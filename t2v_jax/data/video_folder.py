@@ -23,7 +23,6 @@ import json
 import os
 from collections.abc import Iterator
 
-import imageio_ffmpeg
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
@@ -92,6 +91,10 @@ def decode_video(path: str, cfg: VideoFolderConfig) -> tuple[np.ndarray, float]:
     Raises:
       OSError / RuntimeError / ValueError from ffmpeg on unreadable input.
     """
+    # Imported here: the ffmpeg binary wheel is only needed to decode video files, not to train
+    # on `shapes` or on cached data (a lean accelerator image can leave it out).
+    import imageio_ffmpeg
+
     gen = imageio_ffmpeg.read_frames(path)
     meta = next(gen)
     src_fps = float(meta["fps"])
