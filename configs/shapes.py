@@ -165,7 +165,10 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         {
             "num_steps": {"base": 32, "tsr": 16, "ssr": 16}[arg],
             "sampler": "dpmpp_2m",
-            "guidance_scale": 4.0 if arg == "base" else 1.0,  # guidance needs text
+            # Base: 3. Judged on the base's own 16x16 output over the eval's 128 prompts, shape
+            # accuracy was 96.9% at 3, 88.3% at 4 and 57.8% at 8 (README, demo section).
+            # SR stages: off, guidance needs text.
+            "guidance_scale": 3.0 if arg == "base" else 1.0,
             "thresholding": "dynamic",
             "cond_noise_t": 0.0 if arg == "base" else 0.1,
         }
