@@ -8,10 +8,10 @@
 # a restart continues where it stopped (finished stages return at once). The SR stages read no
 # text, so they do not wait for the base stage's jointly trained T5: the base stage trains in
 # one process while TSR and then SSR train in another (XLA:CPU keeps about one core busy per
-# process on these narrow nets; logs in ROOT/<stage>.log). Finally the EMA params of all stages
-# are saved as a pipeline (bf16) in $OUT
-# (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times go to
-# ROOT/times.txt. Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
+# process on these narrow nets; logs in ROOT/<stage>.log, which a rerun appends to). Finally
+# the EMA params of all stages are saved as a pipeline (bf16) in $OUT
+# (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times of
+# each finished stage invocation go to ROOT/times.txt. Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
 set -euo pipefail
 
 ROOT=${1:?usage: tools/train_demo.sh ROOT [extra t2v-train flags]}
@@ -37,10 +37,10 @@ export_pipeline() {
   "$PYTHON" "$REPO/tools/export_pipeline.py" --config "$CONFIG" --workdir "$ROOT" --overwrite "$@"
 }
 
-train_stage base "$@" > "$ROOT/base.log" 2>&1 &
+train_stage base "$@" >> "$ROOT/base.log" 2>&1 &
 base_pid=$!
-train_stage tsr "$@" > "$ROOT/tsr.log" 2>&1
-train_stage ssr "$@" > "$ROOT/ssr.log" 2>&1
+train_stage tsr "$@" >> "$ROOT/tsr.log" 2>&1
+train_stage ssr "$@" >> "$ROOT/ssr.log" 2>&1
 wait "$base_pid" || { echo "base stage failed, see $ROOT/base.log" >&2; exit 1; }
 export_pipeline --stages base tsr ssr --out "$OUT" --params-dtype bfloat16
 echo "$(date -u +%FT%TZ) done: pipeline in $OUT"
