@@ -11,7 +11,8 @@
 # process on these narrow nets; logs in ROOT/<stage>.log, which a rerun appends to). Finally
 # the EMA params of all stages are saved as a pipeline (bf16) in $OUT
 # (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times of
-# each finished stage invocation go to ROOT/times.txt. Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
+# each finished stage invocation go to ROOT/times.txt.
+# Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
 set -euo pipefail
 
 ROOT=${1:?usage: tools/train_demo.sh ROOT [extra t2v-train flags]}
