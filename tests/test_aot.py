@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from t2v_jax import aot, configlib, sharding
+from t2v_jax import configlib, sharding
+from t2v_jax.perf import aot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

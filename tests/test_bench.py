@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from t2v_jax import bench
+from t2v_jax.perf import bench
 
 
 def test_compiled_flops_of_a_matmul_is_2mnk():
@@ -25,7 +25,7 @@ def test_run_benchmarks_rejects_bad_arguments():
 def test_compare_without_an_index_is_skipped_with_a_reason(monkeypatch, tmp_path):
     import subprocess
 
-    from t2v_jax import bench_compare
+    from t2v_jax.perf import bench_compare
 
     def offline(cmd, timeout):
         raise subprocess.CalledProcessError(

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from t2v_jax import bench, bench_train
+from t2v_jax.perf import bench, bench_train
 
 
 @pytest.mark.parametrize(

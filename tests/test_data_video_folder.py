@@ -162,7 +162,7 @@ def test_training_does_not_import_ffmpeg():
     import sys
 
     code = (
-        "import sys; import t2v_jax.train.task, t2v_jax.data.pipeline, t2v_jax.bench; "
+        "import sys; import t2v_jax.train.task, t2v_jax.data.pipeline, t2v_jax.perf.bench; "
         "print('imageio_ffmpeg' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -108,18 +108,18 @@ def test_export_pipeline_from_trained_stages(tmp_path):
     import ml_dtypes
 
     from t2v_jax.pipeline_store import flatten_params, load_pipeline
-    from t2v_jax.train import loop
+    from t2v_jax.train import run
 
     export = _tool("export_pipeline")
     config_file = _tiny_with_data(tmp_path)
     short = {"train.num_steps": 2, "checkpoint.every_steps": 1, "log.every_steps": 1}
     runs = tmp_path / "runs"
     base_config = load_config(f"{config_file}:base", short)
-    loop.train_and_evaluate(base_config, runs / "base")
+    run.train_and_evaluate(base_config, runs / "base")
     text_dir = runs / "base" / "text_encoder"
     export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
     with_text = {**short, "text.path": str(text_dir)}
-    loop.train_and_evaluate(load_config(f"{config_file}:tsr", with_text), runs / "tsr")
+    run.train_and_evaluate(load_config(f"{config_file}:tsr", with_text), runs / "tsr")
 
     path = export.main(["--config", config_file, "--workdir", str(runs), "--stages", "base", "tsr",
                         "--out", str(tmp_path / "pipeline")])  # fmt: skip
@@ -139,7 +139,7 @@ def test_export_pipeline_from_trained_stages(tmp_path):
 
     # A stage trained on another (here: differently seeded, frozen random) T5 is refused.
     other = load_config(f"{config_file}:tsr", {**short, "seed": 1})
-    loop.train_and_evaluate(other, tmp_path / "other" / "tsr")
+    run.train_and_evaluate(other, tmp_path / "other" / "tsr")
     with pytest.raises(ValueError, match="not trained on the first stage's text encoder"):
         export.export(config_file, ["base", "tsr"], [runs / "base", tmp_path / "other" / "tsr"],
                       tmp_path / "refused")  # fmt: skip

@@ -22,7 +22,7 @@ import pytest
 from t2v_jax import upsample
 from t2v_jax.configlib import load_config
 from t2v_jax.data import pipeline
-from t2v_jax.train import loop
+from t2v_jax.train import loop, run
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -66,7 +66,7 @@ def test_a_few_real_steps_run_checkpoint_and_sample(stage, data_dir, tmp_path):
         "train.num_steps": 4, "train.batch_size": 8, "checkpoint.every_steps": 2,
         "log.every_steps": 2, "log.sample_every_steps": 4, "mesh.data": 2, "mesh.fsdp": 4,
     })  # fmt: skip
-    result = loop.train_and_evaluate(config, tmp_path)
+    result = run.train_and_evaluate(config, tmp_path)
     assert result.status == "completed" and result.step == 4
     assert int(result.state.skipped_steps) == 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
@@ -92,7 +92,7 @@ def test_tiny_base_loss_falls_over_200_steps_on_shapes(data_dir, tmp_path):
 
     loop._Metrics.scalars = record
     try:
-        loop.train_and_evaluate(config, tmp_path)
+        run.train_and_evaluate(config, tmp_path)
     finally:
         loop._Metrics.scalars = original
     first, last = np.mean(losses[:20]), np.mean(losses[-40:])
@@ -111,9 +111,9 @@ def _sharded_and_single_runs(data_dir, out_dir):
             "train.adam_eps": 1e-3,
         })  # fmt: skip
         devices = jax.devices()[: data * fsdp]
-        run = loop.train_and_evaluate(config, out_dir / f"run{i}", devices=devices)
-        assert (run.status, run.step) == ("completed", 2), (data, fsdp, run.status, run.step)
-        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(run.state))[0]
+        result = run.train_and_evaluate(config, out_dir / f"run{i}", devices=devices)
+        assert (result.status, result.step) == ("completed", 2), (data, fsdp, result.status)
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(result.state))[0]
         np.savez(out_dir / f"state{i}.npz",
                  **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})  # fmt: skip
 

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from t2v_jax import aot, configlib, sharding
+    from t2v_jax import configlib, sharding
+    from t2v_jax.perf import aot
 
     if len(jax.devices()) != math.prod(mesh_shape):
         print(f"jax already started with {len(jax.devices())} devices; run this as a script")

@@ -36,7 +36,7 @@ def _write(results: dict, path: str | None) -> None:
 
 
 def _main_train(argv: list[str]) -> int:
-    from t2v_jax.bench_train import CONFIGS, PAPER_FRAMES, PAPER_RES_BLOCKS, PAPER_SHRINK
+    from t2v_jax.perf.bench_train import CONFIGS, PAPER_FRAMES, PAPER_RES_BLOCKS, PAPER_SHRINK
 
     parser = argparse.ArgumentParser(
         prog="t2v-bench train",
@@ -58,7 +58,7 @@ def _main_train(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
     args = parser.parse_args(argv)
 
-    from t2v_jax import bench_train
+    from t2v_jax.perf import bench_train
 
     results = bench_train.run_train_benchmarks(
         args.configs, steps=args.steps, repeats=args.repeats, batch_size=args.batch,
@@ -71,7 +71,7 @@ def _main_train(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses arguments, runs `t2v_jax.bench.run_benchmarks` (or `train`), prints a table."""
+    """Parses arguments, runs `t2v_jax.perf.bench.run_benchmarks` (or `train`), prints a table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return _main_train(argv[1:])
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         # subprocesses inherit it.
         os.environ["XLA_FLAGS"] = fast_compile_flags(os.environ.get("XLA_FLAGS", ""))
 
-    from t2v_jax import bench
+    from t2v_jax.perf import bench
 
     results = bench.run_benchmarks(quick=args.quick, repeats=args.repeats, compare=args.compare,
                                    startup=not args.no_startup)  # fmt: skip

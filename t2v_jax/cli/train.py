@@ -29,11 +29,11 @@ def _run(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Imported after flag parsing so `--help` stays fast and JAX sees any XLA_FLAGS first.
-    from t2v_jax.train import loop
+    from t2v_jax.train import loop, run
 
     logging.getLogger("t2v_jax").setLevel(logging.INFO)
     try:
-        result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except loop.NonFiniteTrainingError as e:
         print(f"t2v-train: {e}", file=sys.stderr)
         return 1

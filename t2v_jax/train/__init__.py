@@ -1,5 +1,6 @@
 """Training one cascade stage: state (state.py), step (step.py), checkpoints (checkpoint.py),
-the loop (loop.py) and the diffusion task that ties in the model stack (task.py)."""
+the loop (loop.py), the diffusion task that ties in the model stack (task.py) and the whole run
+of a stage from its config (run.py)."""
 
 from t2v_jax.train.checkpoint import CheckpointConfig, Checkpointer
 from t2v_jax.train.loop import (
@@ -8,8 +9,8 @@ from t2v_jax.train.loop import (
     Task,
     TrainResult,
     train,
-    train_and_evaluate,
 )
+from t2v_jax.train.run import train_and_evaluate
 from t2v_jax.train.state import TrainConfig, TrainState, create_train_state, make_optimizer
 from t2v_jax.train.step import make_train_step
 

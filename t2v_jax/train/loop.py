@@ -1,8 +1,8 @@
 """The training loop of one stage: data, sharded step, checkpoints, metrics, samples, preemption.
 
-`train_and_evaluate(config, workdir)` is the whole run (what `t2v-train` calls; importable from a
-notebook). It always resumes from `workdir` when a usable checkpoint is there. The loop itself,
-`train(config, workdir, task)`, is model-agnostic: a `Task` says how to create params, what the
+`train(config, workdir, task)` always resumes from `workdir` when a usable checkpoint is there
+(`t2v_jax.train.run.train_and_evaluate` is the whole run of a diffusion stage, what `t2v-train`
+calls). The loop is model-agnostic: a `Task` says how to create params, what the
 loss is, where batches come from and how to draw samples, so tests can drive it with a stand-in.
 
 Files under the workdir:
@@ -107,11 +107,21 @@ class NonFiniteTrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """How a run ended: `status` is "completed" (num_steps reached) or "preempted" (SIGTERM)."""
+    """How a run ended.
+
+    Attributes:
+      state: the final train state.
+      status: "completed" (num_steps reached) or "preempted" (SIGTERM / preemption sync point).
+      step: the step the state is at (saved in the workdir).
+      resumed_from: the checkpoint step this call restored, None when it started fresh.
+      steps_run: how many train steps this call executed (step - resumed_from, or step).
+    """
 
     state: state_lib.TrainState
     status: str
     step: int
+    resumed_from: int | None = None
+    steps_run: int = 0
 
 
 class _SigtermFlag:
@@ -237,6 +247,7 @@ def train(
     ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", ckpt_cfg)
     data = task.make_iterator()
     restored = ckpt.restore_latest(abstract)
+    resumed_from = None if restored is None else restored.step
     if restored is not None:
         state = restored.state
         data.set_state(restored.data_state)
@@ -251,7 +262,7 @@ def train(
     step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
     jitted = None
     metrics_out = _Metrics(workdir, train_cfg.batch_size)
-    step = int(jax.device_get(state.step))
+    step = start_step = int(jax.device_get(state.step))
     pending: tuple[int, Any] | None = None  # metrics of the previous step, read one step late
     status = "completed"
 
@@ -312,7 +323,8 @@ def train(
     metrics_out.close()
     if status == "preempted":
         log.warning("preempted: saved step %d to %s; exiting cleanly", step, ckpt.directory)
-    return TrainResult(state=state, status=status, step=step)
+    return TrainResult(state=state, status=status, step=step, resumed_from=resumed_from,
+                       steps_run=step - start_step)  # fmt: skip
 
 
 _WARM_FIELDS = ("params", "ema_params", "frozen")
@@ -379,26 +391,3 @@ def _merge_by_path(target: Any, saved: Any, init_from: str, name: str) -> tuple[
             "never drops trained parameters"
         )
     return jax.tree_util.tree_unflatten(treedef, leaves), fresh
-
-
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    *,
-    devices: Sequence[Any] | None = None,
-    on_metrics: MetricsCallback | None = None,
-) -> TrainResult:
-    """Trains the stage described by `config` in `workdir` (resuming if possible).
-
-    The stage (base / tsr / ssr), model, text tower, diffusion settings and data all come from
-    `config`; see `configs/tiny.py` for the sections. `devices` defaults to all devices;
-    `on_metrics(step, metrics)` is called after every step (see `train`).
-    """
-    from t2v_jax.train import task as task_lib  # the model stack is only needed here
-
-    train_cfg = configlib.from_config(state_lib.TrainConfig, config.get("train", {}), "train")
-    if train_cfg.distributed_init and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-    return train(
-        config, workdir, task_lib.diffusion_task(config), devices=devices, on_metrics=on_metrics
-    )

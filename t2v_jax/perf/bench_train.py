@@ -35,9 +35,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from t2v_jax import bench
+from t2v_jax.perf import bench
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 CONFIGS = {"tiny": "tiny.py:base", "demo": "shapes.py:base", "paper": "imagen_video.py:base"}
 # Batch per config when --batch is not given: the configs' own train.batch_size, and a small
 # one for the shrunk paper stage (whose config sets none) so a CPU runs it in minutes.
@@ -52,7 +52,8 @@ def load_bench_config(
     paper_res_blocks: int = PAPER_RES_BLOCKS,
 ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     """The experiment config of `name` (a key of CONFIGS) and the overrides applied to it."""
-    from t2v_jax import aot, configlib
+    from t2v_jax import configlib
+    from t2v_jax.perf import aot
 
     if name not in CONFIGS:
         raise ValueError(f"config: expected one of {', '.join(CONFIGS)}, got {name!r}")
@@ -107,7 +108,7 @@ def synthetic_batch(
     text_mask bool [B, L] (a random prefix of each row) with text_ids int32 [B, L] (byte ids,
     0 = padding) when the config encodes text in the step, else text_emb float32 [B, L, D].
     """
-    from t2v_jax import aot
+    from t2v_jax.perf import aot
 
     spec = aot.train_batch_spec(config, batch_size)  # cached-embedding form
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ the same shape). Parameters are random values drawn on the host (`host_random_pa
 measured is the programs that use them, not a jitted init. Sampling runs as `t2v-sample` does,
 in fresh processes that load a saved tiny pipeline: the first compiles everything (cold) and
 fills a new persistent compilation cache (`t2v_jax.compile_cache`), the second reads it back.
-`t2v_jax.bench_train` times the train step of whole configs (`t2v-bench train`).
+`t2v_jax.perf.bench_train` times the train step of whole configs (`t2v-bench train`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny.py")
+# The checkout's configs/ (this file is t2v_jax/perf/bench.py).
+TINY_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.py")
 
 # tools/bench_unet.py's reference shape: imagen-pytorch's Unet3D at dim 64, mults (1, 2, 4).
 REFERENCE_MODEL = {
@@ -248,8 +249,9 @@ def _timed_program(lowered_fn: Callable[[], Any], call: Callable[[Any], Any], re
 
 def bench_unet(quick: bool, repeats: int, peak: float) -> dict[str, Any]:
     """VideoUNet forward (base stage) and the library's train step on one device."""
-    from t2v_jax import aot, configlib, sharding
+    from t2v_jax import configlib, sharding
     from t2v_jax.models import UNetConfig, VideoUNet
+    from t2v_jax.perf import aot
 
     shape = QUICK_SHAPE if quick else REFERENCE_SHAPE
     config = _stage_config("base", quick)
@@ -385,7 +387,7 @@ def sample_probe(pipeline_dir: str, warm: bool) -> dict[str, Any]:
 def _probe_process(pipeline_dir: str, cache: str, warm: bool) -> dict[str, Any]:
     """`sample_probe` in a fresh Python process that uses the persistent compilation cache `cache`."""
     env = dict(os.environ, T2V_JAX_COMPILATION_CACHE=cache)
-    cmd = [sys.executable, "-m", "t2v_jax.bench", "--probe", pipeline_dir]
+    cmd = [sys.executable, "-m", "t2v_jax.perf.bench", "--probe", pipeline_dir]
     start = time.perf_counter()
     out = subprocess.run(cmd + ["--warm"] * warm, env=env, capture_output=True, text=True,
                          check=False)  # fmt: skip
@@ -424,7 +426,7 @@ def bench_sampler(startup: bool = True) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _compare_imagen_pytorch(quick: bool, repeats: int) -> dict[str, Any]:
-    from t2v_jax.bench_compare import compare_imagen_pytorch
+    from t2v_jax.perf.bench_compare import compare_imagen_pytorch
 
     shape = QUICK_SHAPE if quick else REFERENCE_SHAPE
     config = _stage_config("base", quick)
@@ -514,7 +516,7 @@ if __name__ == "__main__":
     # The sampling probe of bench_sampler (a fresh process); prints JSON as the last line.
     args = sys.argv[1:]
     if len(args) not in (2, 3) or args[0] != "--probe" or args[2:] not in ([], ["--warm"]):
-        sys.exit("usage: python -m t2v_jax.bench --probe PIPELINE_DIR [--warm] (internal)")
+        sys.exit("usage: python -m t2v_jax.perf.bench --probe PIPELINE_DIR [--warm] (internal)")
     from t2v_jax.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()

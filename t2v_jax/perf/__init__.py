@@ -1,0 +1,4 @@
+"""Performance tooling: benchmarks (`bench`, `bench_train`, `bench_compare`) and the pre-flight (`aot`).
+
+These sit above the core (models, diffusion, train, cascade) and are never imported by it.
+"""
