@@ -304,7 +304,8 @@ def test_dry_runs_never_call_gcloud(tmp_path, fake_gcloud):
     # gcloud first on PATH. Mutation caught: a dry run that executes.
     settings = tmp_path / "pod.args"
     settings.write_text("\n".join([*SLICE, "--dataset=shapes/32x16"]) + "\n")
-    for command in ("create", "install", "prepare", "train", "logs", "stop", "restart", "delete"):
+    commands = ("create", "install", "prepare", "train", "logs", "state", "stop", "restart")
+    for command in (*commands, "delete"):
         out = subprocess.run(
             [sys.executable, str(TOOL), f"@{settings}", "--dry-run", command],
             capture_output=True,

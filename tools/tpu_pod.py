@@ -10,6 +10,7 @@ preemption reuses exactly the settings `create` and `train` had:
   python tools/tpu_pod.py @pod.args prepare    # TFDS data (+ T5 embedding cache) into the bucket
   python tools/tpu_pod.py @pod.args train      # t2v-train under nohup on every worker
   python tools/tpu_pod.py @pod.args logs       # follow worker 0's log (--worker all: every tail)
+  python tools/tpu_pod.py @pod.args state      # ACTIVE, WAITING_FOR_RESOURCES, SUSPENDED, ...
   python tools/tpu_pod.py @pod.args stop       # SIGTERM: each worker checkpoints and exits
   python tools/tpu_pod.py @pod.args restart    # after a preemption: recreate, install, train
   python tools/tpu_pod.py @pod.args delete
