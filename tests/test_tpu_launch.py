@@ -315,3 +315,16 @@ def test_dry_runs_never_call_gcloud(tmp_path, fake_gcloud):
         assert out.startswith("+ gcloud compute tpus "), (command, out)
         assert "--zone=us-east5-a" in out, command
     assert not fake_gcloud.exists()
+
+
+def test_docs_show_what_the_tool_prints(tmp_path, capsys):
+    # docs/tpu.md's settings file and its `--dry-run restart` transcript: the transcript is the
+    # tool's output for those settings. Mutation caught: any change to a command the docs show.
+    doc = (ROOT / "docs" / "tpu.md").read_text()
+    blocks = doc.split("```text\n")[1:]
+    settings, transcript = (block.partition("```")[0] for block in blocks[:2])
+    command, _, expected = transcript.partition("\n")
+    assert command == "$ python tools/tpu_pod.py @pod.args --dry-run restart"
+    (tmp_path / "pod.args").write_text(settings)
+    assert tpu_pod.main([f"@{tmp_path / 'pod.args'}", "--dry-run", "restart"]) == 0
+    assert capsys.readouterr().out == expected
