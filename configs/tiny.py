@@ -110,7 +110,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
             "train_text_encoder": False,
             "cond_noise_min_t": 0.0,
             "cond_noise_max_t": 0.5,
-            "distributed_init": False,
+            "distributed_init": "auto",
             "init_from": ml_collections.config_dict.placeholder(str),  # warm start
         }
     )

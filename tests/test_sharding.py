@@ -134,3 +134,8 @@ def test_unnamed_params_are_reported():
         "['params']['Dense_0']['bias']",
         "['params']['Dense_0']['kernel']",
     ]
+
+
+def test_mesh_larger_than_the_devices_says_both_numbers():
+    with pytest.raises(ConfigError, match="data\\*fsdp\\*tensor = 16 but 8 devices are available"):
+        sharding.MeshConfig(data=2, fsdp=8, tensor=1).resolve(8)

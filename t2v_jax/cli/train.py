@@ -3,6 +3,10 @@
 Any config field can be overridden on the command line (absl config_flags), e.g.
 `--config.train.num_steps=2000 --config.mesh.fsdp=4`.
 
+On a pod, run the same command on every host: `train.distributed_init` ("auto" by default)
+connects them (a multi-host TPU slice, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID set; see t2v_jax.distributed), and the workdir (gs://... works) must be shared.
+
 Exit codes: 0 when training completed or was preempted (SIGTERM: the current step finishes, a
 checkpoint is saved, and a rerun resumes from it); 1 when training stopped because too many
 consecutive steps were non-finite (the last good checkpoint is kept).
@@ -29,9 +33,15 @@ def _run(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Imported after flag parsing so `--help` stays fast and JAX sees any XLA_FLAGS first.
+    from t2v_jax import distributed
     from t2v_jax.train import loop, run
 
-    logging.getLogger("t2v_jax").setLevel(logging.INFO)
+    # Before anything touches a device: on a pod, connect the hosts first.
+    run.setup_process(_CONFIG.value)
+    # One log per run: the other hosts of a pod only report problems.
+    logging.getLogger("t2v_jax").setLevel(
+        logging.INFO if distributed.is_primary() else logging.WARNING
+    )
     try:
         result = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except loop.NonFiniteTrainingError as e:
@@ -44,7 +54,15 @@ def _run(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
     else:
-        print(f"t2v-train: finished at step {result.step}; outputs in {_WORKDIR.value}")
+        resumed = (
+            f"resumed from step {result.resumed_from}, "
+            if result.resumed_from is not None
+            else "started fresh, "
+        )
+        print(
+            f"t2v-train: finished at step {result.step} ({resumed}{result.steps_run} steps run); "
+            f"outputs in {_WORKDIR.value}"
+        )
     return 0
 
 

@@ -1,7 +1,12 @@
 """Per-host input pipeline: TFDS data source -> shard -> shuffle -> per-stage transform -> batch.
 
 Everything is a grain `MapDataset`, i.e. random access: batch i of a host is a pure function of
-(seed, process_index, process_count, i). The iterator's state is therefore just the next batch
+(seed, process_index, process_count, i). The hosts of a pod split one global stream: the split is
+shuffled and augmented the same way on every host, cut into global batches of
+`batch_size * process_count` consecutive elements, and host p takes rows
+[p * batch_size, (p + 1) * batch_size) of each. So the hosts read disjoint examples, together
+exactly what one process with the whole global batch reads, and the trained model does not depend
+on how many hosts fed it. The iterator's state is therefore just the next batch
 index, which is JSON (see `DataIterator.get_state`), and a restored run continues with the exact
 next batch. No TensorFlow is needed: datasets are read through `tfds.data_source` (array_record).
 
@@ -29,6 +34,8 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
+
+from t2v_jax import paths
 
 # Imported for their side effect: registering the builders with TFDS.
 from t2v_jax.data import shapes, transforms, video_folder  # noqa: F401
@@ -246,20 +253,20 @@ def _element_dataset(
     seed: int,
     shuffle: bool,
     num_epochs: int | None,
-    process_index: int,
-    process_count: int,
     is_image: bool,
     return_labels: bool,
 ) -> grain.MapDataset:
-    """Per-host dataset of transformed elements (with 'caption' and, if asked, labels)."""
+    """The run's global stream of transformed elements (with 'caption' and, if asked, labels).
+
+    Identical on every host: element j is a pure function of (seed, j), so hosts can each take
+    their rows of it (`_host_batches`) without talking to each other.
+    """
     source = _source(name, split, data_dir)
     n = len(source)
     ds = grain.MapDataset.source(source)
     # Keep the record index through slicing/shuffling so eval (and the shard test) can name it.
     # Later epochs of `repeat` reach this map with indices past n, hence the modulo.
     ds = ds.map_with_index(lambda i, r: (i % n, r))
-    # Disjoint strided shards: host p reads records p, p + P, p + 2P, ...
-    ds = ds[process_index::process_count]
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
@@ -275,6 +282,23 @@ def _element_dataset(
 
     # A fixed derived seed: crop offsets etc. depend on (seed, element position) only.
     return ds.random_map(transform, seed=seed + 1)
+
+
+def _host_batches(
+    elements: grain.MapDataset, batch_size: int, process_index: int, process_count: int
+) -> grain.MapDataset:
+    """Host p's batches of `batch_size`: rows [p * B, (p + 1) * B) of each global batch.
+
+    Global batch i is the `batch_size * process_count` elements from i * B * P on; cutting the
+    stream into per-host-sized chunks and taking every P-th chunk from p gives exactly those
+    rows, and each host transforms only its own elements. A finite stream is trimmed so that
+    every host has the same number of batches (a pod steps in lockstep).
+    """
+    chunks = elements.batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+        chunks = chunks[: len(chunks) - len(chunks) % process_count]
+        chunks = chunks[process_index::process_count]
+    return chunks
 
 
 class DataIterator:
@@ -322,27 +346,38 @@ def save_caption_embeddings(path: str, captions: Sequence[str], cache: Any) -> N
     """Writes a caption-embedding cache directory that `DataConfig.text_embeddings` can name.
 
     Args:
-      path: directory to create (or overwrite files in).
+      path: directory to create (or overwrite files in); a local path or a URL (gs://...),
+        which is written locally first and then uploaded.
       captions: the distinct captions, in the order of the cache's rows.
       cache: a `t2v_jax.text.cache.EmbeddingCache` with one row per caption.
     """
+    import tempfile
+
     from t2v_jax.text import cache as cache_lib  # the T5 side; only cache users need it
 
     if len(captions) != len(cache):
         raise ValueError(f"captions has {len(captions)} entries, the cache {len(cache)} rows")
-    os.makedirs(path, exist_ok=True)
-    cache_lib.save_embedding_cache(os.path.join(path, EMBEDDINGS_FILE), cache)
-    with open(os.path.join(path, CAPTIONS_FILE), "w", encoding="utf-8") as f:
-        json.dump({"captions": list(captions)}, f, ensure_ascii=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = paths.stage_local(path) if not paths.is_url(path) else tmp
+        os.makedirs(local, exist_ok=True)
+        cache_lib.save_embedding_cache(os.path.join(local, EMBEDDINGS_FILE), cache)
+        with open(os.path.join(local, CAPTIONS_FILE), "w", encoding="utf-8") as f:
+            json.dump({"captions": list(captions)}, f, ensure_ascii=False)
+        if paths.is_url(path):
+            paths.upload_folder(local, path)
 
 
 def load_caption_embeddings(path: str) -> tuple[dict[str, int], Any]:
-    """({caption: row}, EmbeddingCache) from a directory written by `save_caption_embeddings`."""
+    """({caption: row}, EmbeddingCache) from a directory written by `save_caption_embeddings`.
+
+    A URL (gs://...) is copied to a local cache folder first (`t2v_jax.paths.stage_local`).
+    """
     from t2v_jax.text import cache as cache_lib
 
-    with open(os.path.join(path, CAPTIONS_FILE), encoding="utf-8") as f:
+    local = paths.stage_local(path)
+    with open(os.path.join(local, CAPTIONS_FILE), encoding="utf-8") as f:
         captions = json.load(f)["captions"]
-    cache = cache_lib.EmbeddingCache.load(os.path.join(path, EMBEDDINGS_FILE))
+    cache = cache_lib.EmbeddingCache.load(os.path.join(local, EMBEDDINGS_FILE))
     if len(captions) != len(cache):
         raise ValueError(f"{path}: {len(captions)} captions but {len(cache)} cached rows")
     return {c: i for i, c in enumerate(captions)}, cache
@@ -414,13 +449,12 @@ def make_dataset(
         stage=stage_cfg,
         shuffle=data_cfg.shuffle,
         num_epochs=num_epochs,
-        process_index=process_index,
-        process_count=process_count,
         return_labels=return_labels,
     )
     videos = _element_dataset(
         data_cfg.name, data_cfg.split, data_cfg.data_dir, seed=seed, is_image=False, **common
-    ).batch(batch_size - num_images, drop_remainder=True)
+    )
+    videos = _host_batches(videos, batch_size - num_images, process_index, process_count)
     if num_images:
         images = _element_dataset(
             data_cfg.image_name,
@@ -429,7 +463,8 @@ def make_dataset(
             seed=seed + 7919,  # a different stream from the videos'
             is_image=True,
             **common,
-        ).batch(num_images, drop_remainder=True)
+        )
+        images = _host_batches(images, num_images, process_index, process_count)
         n = min(len(videos), len(images))
         # Batch i = video batch i + image batch i; exact composition, still random access.
         videos = videos[:n].map_with_index(
@@ -465,7 +500,8 @@ def make_train_iterator(
         incomplete batches are dropped.
       process_index, process_count: this host's shard; default jax.process_index()/count().
       worker_count: grain worker processes (0: transform in the calling thread).
-      num_epochs: None repeats forever; n stops after n passes over this host's shard.
+      num_epochs: None repeats forever; n stops after n passes over the split (all hosts'
+        batches together; each host gets an equal share).
       return_labels: also return 'caption', 'index' and structured labels (eval only).
       read_threads: threads (per process) that each assemble whole batches.
       prefetch_batches: batches buffered ahead (per process); bounds host memory.

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2v_jax import paths
 from t2v_jax.text import convert
 from t2v_jax.text.t5 import T5Config, T5Encoder
 from t2v_jax.text.tokenizer import Tokenizer, check_prompts, load_tokenizer
@@ -143,14 +144,15 @@ class TextEncoder:
 def load_t5(
     path: str | os.PathLike, dtype: str = "float32", max_length: int = 128, batch_size: int = 32
 ) -> TextEncoder:
-    """Loads a T5 encoder and its tokenizer from a local folder (safetensors only).
+    """Loads a T5 encoder and its tokenizer from a folder (safetensors only).
 
     `path` is either a Hugging Face folder (config.json, model.safetensors or sharded
     model-*-of-*.safetensors + index, tokenizer files) or a folder written by
     `t2v-convert-t5` / `TextEncoder.save`. Pickle-only folders are refused unopened.
 
     Args:
-      path: the folder.
+      path: the folder; a URL (gs://...) is copied to a local cache first
+        (`t2v_jax.paths.stage_local`).
       dtype: compute dtype, "float32" or "bfloat16" (params are float32 either way).
       max_length: tokens per prompt; every encode returns exactly this many.
       batch_size: largest batch one compiled call takes.
@@ -160,6 +162,7 @@ def load_t5(
       t2v_jax.text.convert.CheckpointError (a ValueError): pickle-only weights, or keys,
         shapes or dtypes that do not match the config (all listed, nothing loaded).
     """
+    path = paths.stage_local(path)
     config, params = convert.read_checkpoint(path, dtype=dtype)
     tokenizer = load_tokenizer(path)
     return TextEncoder(config, params, tokenizer, max_length=max_length, batch_size=batch_size)

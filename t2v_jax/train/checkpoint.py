@@ -10,9 +10,13 @@ directory only appears under its final name once every item is written):
 
 On restore the fingerprints are recomputed from the restored arrays. A step that fails to read
 (truncated or missing file, unreadable metadata) or whose values do not match (flipped bytes
-that decompress) is moved aside to `<dir>_corrupt/` with a warning naming the reason, and the
+that decompress) on any host is moved aside to `<dir>_corrupt/` with a warning naming the reason, and the
 previous step is tried. A `read_only` Checkpointer (another run's directory, e.g. the source of
 a warm start) never writes, cleans up or moves anything: unusable steps are only skipped.
+
+On a pod the hosts decide together: a step is used only if it restored on every host, so a
+failure seen by some hosts moves every host on to the previous step (no host is left waiting
+in a barrier the others never reach).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import multihost
+
+from t2v_jax import distributed
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +151,7 @@ def _fingerprints(tree: Any) -> jax.Array:
 
 def fingerprint(tree: Any) -> list[int]:
     """One uint32 fingerprint per leaf of `tree`, computed on device, as Python ints."""
-    return [int(v) for v in np.asarray(jax.device_get(_fingerprints(tree)))]
+    return [int(v) for v in distributed.to_host(_fingerprints(tree))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +264,13 @@ class Checkpointer:
                     raise ValueError(
                         "restored values do not match the fingerprints saved with them"
                     )
+                error = None
             # Any failure to read a step means the step is unusable, whatever layer (tensorstore,
             # JSON, orbax metadata) noticed it; the message is kept for the warning.
             except Exception as e:
-                self._unusable(step, e)
+                error = e
+            if not distributed.all_agree(error is None):
+                self._unusable(step, error or RuntimeError("it failed to restore on another host"))
                 continue
             return Restored(step, restored["state"], restored["data"], meta)
         return None
@@ -299,8 +307,11 @@ class Checkpointer:
                     start += count
                 if start != len(meta["fingerprints"]):
                     raise ValueError("the saved state does not have the expected fields")
+                error = None
             except Exception as e:
-                self._unusable(step, e)
+                error = e
+            if not distributed.all_agree(error is None):
+                self._unusable(step, error or RuntimeError("it failed to restore on another host"))
                 continue
             return step, out
         return None

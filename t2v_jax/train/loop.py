@@ -5,6 +5,10 @@
 calls). The loop is model-agnostic: a `Task` says how to create params, what the
 loss is, where batches come from and how to draw samples, so tests can drive it with a stand-in.
 
+On a pod every host runs this same loop on its own rows of each global batch. Process 0 alone
+writes TensorBoard, sample images and console metrics; checkpoints are written jointly. The
+workdir is an `epath` path (gs:// stays a URL) that all hosts must share, which is checked.
+
 Files under the workdir:
   checkpoints/          orbax steps (state, per-host data position, config)
   checkpoints_corrupt/  steps found unusable on restore (kept for inspection)
@@ -17,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -27,8 +30,9 @@ from typing import Any, Protocol
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from t2v_jax import configlib, sharding
+from t2v_jax import configlib, distributed, paths, sharding
 from t2v_jax.train import checkpoint as ckpt_lib
 from t2v_jax.train import state as state_lib
 from t2v_jax.train import step as step_lib
@@ -125,14 +129,23 @@ class TrainResult:
 
 
 class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks at step boundaries (main thread only)."""
+    """Turns SIGTERM into a flag the loop checks at step boundaries (main thread only).
+
+    Only for a process that is not part of a distributed run: there JAX's preemption sync
+    manager owns SIGTERM and tells every host to stop at the same step (`reached_preemption`);
+    a per-host flag would let the host that got the signal leave the loop alone and hang the
+    others in the next step's collectives.
+    """
 
     def __init__(self):
         self.raised = False
         self._previous = None
 
     def __enter__(self) -> _SigtermFlag:
-        if threading.current_thread() is threading.main_thread():
+        if (
+            threading.current_thread() is threading.main_thread()
+            and not jax.distributed.is_initialized()
+        ):
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
@@ -148,12 +161,14 @@ class _SigtermFlag:
 class _Metrics:
     """Console + TensorBoard scalars and images (TensorBoard on process 0 only)."""
 
-    def __init__(self, workdir: pathlib.Path, global_batch: int):
+    def __init__(self, workdir: epath.Path, global_batch: int):
         self.global_batch = global_batch
         self.writer = None
-        if jax.process_index() == 0:
+        self.primary = distributed.is_primary()
+        if self.primary:
             from tensorboardX import SummaryWriter  # only the writing process needs it
 
+            paths.register_tensorboard_schemes()
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
         self._last_time = time.perf_counter()
         self._last_step: int | None = None
@@ -165,7 +180,8 @@ class _Metrics:
             metrics = dict(metrics, steps_per_s=steps_per_s,
                            examples_per_s=steps_per_s * self.global_batch)  # fmt: skip
         self._last_time, self._last_step = now, step
-        log.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+        if self.primary:
+            log.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
@@ -181,17 +197,18 @@ class _Metrics:
             self.writer.close()
 
 
-def _write_samples(workdir: pathlib.Path, step: int, videos: np.ndarray) -> np.ndarray:
-    """One row per sample, one column per frame; returns the uint8 grid it wrote."""
+def _write_samples(workdir: epath.Path, step: int, videos: np.ndarray) -> np.ndarray:
+    """One row per sample, one column per frame; returns the uint8 grid (written by process 0)."""
     videos = to_uint8(np.asarray(videos))  # [N, T, H, W, 3]
     rows = [frame_grid(v, columns=v.shape[0]) for v in videos]
     grid = np.concatenate(rows, axis=0)
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         from PIL import Image
 
         folder = workdir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(folder / f"step_{step}.png")
+        with (folder / f"step_{step}.png").open("wb") as f:
+            Image.fromarray(grid).save(f, format="PNG")
     return grid
 
 
@@ -200,6 +217,39 @@ def _mesh_and_rules(config: ml_collections.ConfigDict, devices: Sequence[Any] | 
     mesh = sharding.make_mesh(mesh_cfg, devices)
     rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
     return mesh, rules
+
+
+def check_config(
+    config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1
+) -> tuple[state_lib.TrainConfig, ckpt_lib.CheckpointConfig, LogConfig]:
+    """The loop's own checks of `config` for a run on `num_devices` devices in `num_processes`.
+
+    Parses the train / checkpoint / log / mesh / sharding sections and checks that the global
+    batch splits over the mesh's batch axes and over the hosts. Touches no device and no file,
+    so a pod config can be checked anywhere (`t2v_jax.train.run.validate`).
+
+    Raises:
+      t2v_jax.configlib.ConfigError: a section is malformed or the mesh does not fit.
+      ValueError: the global batch does not split over the mesh / processes.
+    """
+    train_cfg = configlib.from_config(state_lib.TrainConfig, config.get("train", {}), "train")
+    ckpt_cfg = configlib.from_config(
+        ckpt_lib.CheckpointConfig, config.get("checkpoint", {}), "checkpoint"
+    )
+    log_cfg = configlib.from_config(LogConfig, config.get("log", {}), "log")
+    mesh_cfg = configlib.from_config(sharding.MeshConfig, config.get("mesh", {}), "mesh")
+    data, fsdp, _ = mesh_cfg.resolve(num_devices)
+    sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
+    if train_cfg.batch_size % (data * fsdp):
+        raise ValueError(
+            f"train.batch_size={train_cfg.batch_size} must be a multiple of the mesh's "
+            f"data*fsdp={data * fsdp}"
+        )
+    if train_cfg.batch_size % num_processes:
+        raise ValueError(
+            f"train.batch_size={train_cfg.batch_size} must split over {num_processes} hosts"
+        )
+    return train_cfg, ckpt_cfg, log_cfg
 
 
 def train(
@@ -222,24 +272,16 @@ def train(
       NonFiniteTrainingError: `train.max_consecutive_skips` steps in a row were non-finite; the
         newest checkpoint (saved before the streak's state, params unchanged by skips) is kept.
       ValueError: the global batch does not split over the mesh / processes.
+      t2v_jax.configlib.ConfigError: the mesh does not fit the devices.
+      t2v_jax.distributed.DistributedError: the hosts of a pod do not share `workdir`.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    train_cfg = configlib.from_config(state_lib.TrainConfig, config.get("train", {}), "train")
-    ckpt_cfg = configlib.from_config(
-        ckpt_lib.CheckpointConfig, config.get("checkpoint", {}), "checkpoint"
-    )
-    log_cfg = configlib.from_config(LogConfig, config.get("log", {}), "log")
+    devices = list(jax.devices() if devices is None else devices)
+    train_cfg, ckpt_cfg, log_cfg = check_config(config, len(devices), jax.process_count())
     mesh, rules = _mesh_and_rules(config, devices)
-    if train_cfg.batch_size % sharding.batch_divisor(mesh):
-        raise ValueError(
-            f"train.batch_size={train_cfg.batch_size} must be a multiple of the mesh's "
-            f"data*fsdp={sharding.batch_divisor(mesh)}"
-        )
-    if train_cfg.batch_size % jax.process_count():
-        raise ValueError(
-            f"train.batch_size={train_cfg.batch_size} must split over {jax.process_count()} hosts"
-        )
+    workdir = paths.as_path(workdir)
+    if distributed.is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+    distributed.check_shared_directory(workdir)
 
     optimizer, schedule = state_lib.make_optimizer(train_cfg)
     init = state_lib.make_init_fn(task.init_params, optimizer)
@@ -262,7 +304,7 @@ def train(
     step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
     jitted = None
     metrics_out = _Metrics(workdir, train_cfg.batch_size)
-    step = start_step = int(jax.device_get(state.step))
+    step = start_step = int(distributed.to_host(state.step))
     pending: tuple[int, Any] | None = None  # metrics of the previous step, read one step late
     status = "completed"
 
@@ -270,7 +312,7 @@ def train(
         # Read metrics one step late, so the host is already queueing the next step while
         # the device finishes this one (no pipeline bubble from the transfer).
         done_step, metrics = pending
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        host = {k: float(v) for k, v in distributed.to_host(metrics).items()}
         if host["consecutive_skips"] >= train_cfg.max_consecutive_skips:
             ckpt.close()
             metrics_out.close()
@@ -291,6 +333,7 @@ def train(
             batch = sharding.shard_host_batch(next(data), mesh)
             if jitted is None:
                 jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
+                jitted = distributed.compile_together(jitted, state, batch, name="train_step")
             state, metrics = jitted(state, batch)
             step += 1
             if pending is not None:
@@ -299,7 +342,7 @@ def train(
             if ckpt.should_save(step):
                 # Inside a streak of non-finite steps, saving would rotate the last good
                 # checkpoint out (keep N) for no gain: skipped steps leave the params unchanged.
-                if int(jax.device_get(state.consecutive_skips)):
+                if int(distributed.to_host(state.consecutive_skips)):
                     log.warning("step %d: not saving inside a run of non-finite steps", step)
                 else:
                     ckpt.save(step, state, data.get_state(), config_json)
@@ -311,7 +354,11 @@ def train(
                 videos = task.sample_fn(
                     state.ema_params, state.frozen, jax.random.PRNGKey(step), log_cfg.num_samples
                 )
-                grid = _write_samples(workdir, step, jax.device_get(videos))
+                grid = _write_samples(workdir, step, distributed.to_host(videos))
+                # The hosts run one SPMD sampler; different videos mean they compiled different
+                # programs (e.g. host-local constants), which a pod run must not do.
+                if not distributed.same_on_all_hosts(grid):
+                    log.warning("step %d: the in-loop samples differ between hosts", step)
                 metrics_out.image(step, "samples/ema", grid)
             if sigterm.raised or ckpt.reached_preemption(step):
                 status = "preempted"
@@ -339,7 +386,7 @@ def _warm_start(
     (nothing trained is silently dropped); parameters the saved run did not have (new blocks)
     keep their fresh initialisation and are listed in the log.
     """
-    directory = pathlib.Path(init_from) / "checkpoints"
+    directory = paths.as_path(init_from) / "checkpoints"
     if not directory.is_dir():
         raise ValueError(f"train.init_from={init_from!r}: no checkpoints/ directory there")
     source = ckpt_lib.Checkpointer(directory, ckpt_cfg, read_only=True)
@@ -382,8 +429,10 @@ def _merge_by_path(target: Any, saved: Any, init_from: str, name: str) -> tuple[
                 f"train.init_from={init_from!r}: {name}{key} has shape {tuple(value.shape)} "
                 f"there but {tuple(leaf.shape)} in this model"
             )
-        value = np.asarray(jax.device_get(value)).astype(leaf.dtype)
-        leaves.append(jax.device_put(value, leaf.sharding))
+        value = distributed.to_host(value).astype(leaf.dtype)
+        # Every host holds the whole value; each places the shards its own devices hold (a
+        # plain device_put of a host array onto a sharding that spans hosts is not that).
+        leaves.append(jax.make_array_from_callback(value.shape, leaf.sharding, value.__getitem__))
     if saved_leaves:
         raise ValueError(
             f"train.init_from={init_from!r}: this model has no place for {name} "

@@ -39,7 +39,10 @@ class TrainConfig:
       cond_noise_min_t, cond_noise_max_t: SR stages: range of the time t to which the upsampled
         low-res conditioning is noised during training (noise conditioning augmentation; the
         text dropout for guidance lives in `diffusion.loss.text_dropout`).
-      distributed_init: call `jax.distributed.initialize()` first (multi-host pods).
+      distributed_init: "auto" connects the processes of a multi-host run (a Cloud TPU slice
+        of several hosts, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set)
+        with `jax.distributed.initialize`, "on" always does, "off" never does (and refuses a
+        multi-host environment). See `t2v_jax.distributed`.
       init_from: warm start: a workdir of an earlier run whose newest usable checkpoint gives
         the initial params, EMA params and frozen params, matched by path (the model may have
         gained blocks, which keep their init; every saved parameter must fit this model). The
@@ -64,7 +67,7 @@ class TrainConfig:
     train_text_encoder: bool = False
     cond_noise_min_t: float = 0.0
     cond_noise_max_t: float = 0.5
-    distributed_init: bool = False
+    distributed_init: Literal["auto", "on", "off"] = "auto"
     init_from: str | None = None
 
     def __post_init__(self):

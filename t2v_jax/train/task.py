@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import configlib
+from t2v_jax import configlib, distributed, sharding
 from t2v_jax.configlib import ConfigError
 from t2v_jax.data import pipeline
 from t2v_jax.diffusion import objectives, samplers, schedules
@@ -212,7 +212,7 @@ def diffusion_task(config: Any) -> loop.Task:
 
     def make_iterator(seed=None, worker_count=0):
         seed = config.get("seed", 0) if seed is None else seed
-        pipeline.prepare(data_cfg.name, data_cfg.data_dir)
+        _prepare_once(data_cfg)
         return pipeline.make_train_iterator(
             data_cfg, stage_cfg, text.tokenizer, seed=seed,
             batch_size=train_cfg.batch_size // jax.process_count(), worker_count=worker_count,
@@ -221,31 +221,48 @@ def diffusion_task(config: Any) -> loop.Task:
     sample_fn = None
     if log_cfg.sample_every_steps:
         sample_fn = _make_sample_fn(
-            config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, make_iterator,
+            config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, data_cfg, stage_cfg,
             conditioning, apply_unet, encode, (frames, height, width),
         )  # fmt: skip
     return loop.Task(init_params, loss_fn, make_iterator, sample_fn)
 
 
-def _make_sample_fn(config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, make_iterator,
-                    conditioning, apply_unet, encode, size):  # fmt: skip
-    """EMA samples conditioned on a fixed held-aside batch (its captions; low-res for SR)."""
+def _prepare_once(data_cfg: pipeline.DataConfig) -> None:
+    """Builds the run's TFDS datasets if needed: on process 0 only, the others wait for it.
+
+    Every host preparing the same dataset into shared storage would race on its files.
+    """
+    if distributed.is_primary():
+        pipeline.prepare(data_cfg.name, data_cfg.data_dir)
+        if data_cfg.image_name:
+            pipeline.prepare(data_cfg.image_name, data_cfg.data_dir)
+    distributed.barrier("t2v_data_prepared")
+
+
+def _make_sample_fn(config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, data_cfg,
+                    stage_cfg, conditioning, apply_unet, encode, size):  # fmt: skip
+    """EMA samples conditioned on a fixed held-aside batch (its captions; low-res for SR).
+
+    The held batch is the first `num_samples` elements of a separate stream (seed + 1, so
+    drawing it does not move the training iterator), read whole by every host: the batch is a
+    constant of the compiled sampler, which must be the same program on every host of a pod.
+    """
     sampling = config.get("sampling", {})
     n = log_cfg.num_samples
-    # A separate stream (seed + 1): drawing it must not move the training iterator.
-    held = next(make_iterator(seed=config.get("seed", 0) + 1))
-    if held["video"].shape[0] < n:
-        raise ConfigError(
-            f"log.num_samples={n} exceeds the per-host batch {held['video'].shape[0]}"
+    _prepare_once(data_cfg)
+    held = next(
+        pipeline.make_train_iterator(
+            data_cfg, stage_cfg, text.tokenizer, seed=config.get("seed", 0) + 1, batch_size=n,
+            process_index=0, process_count=1,
         )
-    held = {k: np.asarray(v[:n]) for k, v in held.items()}
+    )  # fmt: skip
+    held = {k: np.asarray(v) for k, v in held.items()}
     if log_cfg.prompts and text.tokenizer is not None:
         prompts = [log_cfg.prompts[i % len(log_cfg.prompts)] for i in range(n)]
         ids, mask, _ = text.tokenizer.tokenize(prompts, text.max_length)
         held["text_ids"], held["text_mask"] = np.asarray(ids, np.int32), np.asarray(mask, bool)
     guidance = float(sampling.get("guidance_scale", 1.0))
 
-    @jax.jit
     def run(ema_params, frozen, rng):
         k_aug, k_sample = jax.random.split(rng)
         cond = conditioning(k_aug, held, fixed_t=float(sampling.get("cond_noise_t", 0.0)))
@@ -268,9 +285,16 @@ def _make_sample_fn(config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, ma
             thresholding=sampling.get("thresholding", "dynamic"),
         )  # fmt: skip
 
-    return functools.partial(_call_sampler, run)
+    return functools.partial(_call_sampler, run, {})
 
 
-def _call_sampler(run, ema_params, frozen, rng, num_samples):
+def _call_sampler(run, compiled, ema_params, frozen, rng, num_samples):
+    """Runs the sampler with its videos replicated on the params' mesh (readable on every host)."""
     del num_samples  # fixed by the held-aside batch
-    return run(ema_params, frozen, rng)
+    mesh = jax.tree.leaves(ema_params)[0].sharding.mesh
+    if mesh not in compiled:
+        jitted = jax.jit(run, out_shardings=sharding.replicated(mesh))
+        compiled[mesh] = distributed.compile_together(
+            jitted, ema_params, frozen, rng, name="in_loop_sampler"
+        )
+    return compiled[mesh](ema_params, frozen, rng)
