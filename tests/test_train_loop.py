@@ -7,6 +7,7 @@ WORKDIR STEPS`), so the same task definition drives both the in-process and the 
 import os
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -131,9 +132,15 @@ def wait_for_line(proc, needle, timeout=120):
 
 
 def test_resume_continues_exactly(tmp_path):
-    """Stop at step 4 (num_steps=4), resume to 7: bitwise the run that went to 7 at once."""
-    loop.train(make_config(4), tmp_path / "a", make_task())
+    """Stop at step 4 (num_steps=4), resume to 7: bitwise the run that went to 7 at once.
+
+    A rerun that ignored its checkpoint and trained 7 steps from scratch would reproduce the
+    straight run too, so the second call must say it restored step 4 and ran only 3 steps.
+    """
+    first = loop.train(make_config(4), tmp_path / "a", make_task())
+    assert (first.resumed_from, first.steps_run) == (None, 4)
     resumed = loop.train(make_config(7), tmp_path / "a", make_task())
+    assert (resumed.resumed_from, resumed.steps_run) == (4, 3)
     straight = loop.train(make_config(7), tmp_path / "b", make_task())
     assert resumed.step == straight.step == 7
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state),
@@ -283,6 +290,13 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_exact(tmp_path):
     proc = spawn(workdir, steps)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
+    # The rerun resumed (a run that retrained from scratch would also match the straight one):
+    # it restored a checkpoint written before the last kill and ran only the remaining steps.
+    result = re.search(r"status completed step (\d+) resumed_from (\d+) steps_run (\d+)", out)
+    assert result, out
+    step, resumed_from, steps_run = map(int, result.groups())
+    assert step == steps and 0 < resumed_from < steps and steps_run == steps - resumed_from
+    assert f"at step {resumed_from}" in out and "resumed from" in out
     restored = read_final(workdir, steps)
     assert restored.step == steps
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.state),
@@ -310,7 +324,8 @@ def _worker(argv):
 
         ckpt_lib.DataStateHandler.save = slow_save
     result = loop.train(make_config(steps, every=2), workdir, make_task(delay=delay))
-    print(f"status {result.status} step {result.step}", flush=True)
+    print(f"status {result.status} step {result.step} resumed_from {result.resumed_from} "
+          f"steps_run {result.steps_run}", flush=True)  # fmt: skip
     if result.status == "preempted":
         print("preempted", flush=True)
 
