@@ -54,3 +54,35 @@ def test_builtin_shapes_pipeline_loads_and_samples_from_the_installed_package(tm
     assert result["fps"] == 8
     # Not a blank frame, and a fixed seed reproduces the video exactly.
     assert result["pixel_std"] > 5 and result["same_again"], result
+
+
+@pytest.mark.slow  # ~20 CPU-s of sampling plus a compile (~40 s) on 2 cores
+def test_shipped_demo_still_follows_its_prompts():
+    """A dozen prompts over the demo's vocabulary, judged from the pixels alone: weights that
+    stop following prompts (or a text path that stops reaching the U-Net) fail here.
+
+    Only the base stage is sampled, at 4 steps: it alone reads the text (the SR stages are
+    text-free and only sharpen), and 4 steps kept its adherence (24/24 videos right on every
+    attribute at 4 steps, seeds 0 and 1; 36/36 at 8 steps). Chance is 1/8 for the colour, 1/3
+    for the shape, 1/4 for the motion; the thresholds leave two or three misses of margin.
+    """
+    import jax
+
+    from t2v_jax import cascade, sharding
+    from t2v_jax.eval import shapes_eval
+    from t2v_jax.pipeline_store import load_pipeline
+
+    shipped = load_pipeline("shapes")
+    # One device as a user has: the 8 fake test devices would pad 12 prompts to 16.
+    one = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+    base = cascade.Pipeline(shipped.text_encoder, shipped.stages[:1], mesh=one)
+    prompts = shapes_eval.make_prompts(12, 0, ())
+    assert len({p.combo for p in prompts}) == 12
+    result = shapes_eval.evaluate(
+        lambda texts, seed: base.sample(texts, num_steps=4, seed=seed, progress=False),
+        prompts, seeds=[0], batch_size=12,
+    )  # fmt: skip
+    accuracy = result["accuracy"]
+    assert accuracy["count"] == 12
+    assert all(accuracy[a] >= 10 / 12 for a in shapes_eval.ATTRIBUTES), accuracy
+    assert accuracy["all"] >= 9 / 12, accuracy

@@ -1,7 +1,6 @@
 """The embedded demo: configs/shapes.py stages build (eval_shape only) and chain; export works."""
 
 import importlib.util
-import os
 import pathlib
 
 import jax
@@ -98,48 +97,76 @@ def _tiny_with_data(tmp_path):
     return str(config_file)
 
 
-@pytest.mark.slow  # trains three tiny stages for 2 steps each (minutes of compiles on 2 cores)
-@pytest.mark.skipif(
-    not os.environ.get("T2V_RUN_DEMO_TESTS"),
-    reason="~5 CPU-minutes of stage compiles, too long for CI's budget; set T2V_RUN_DEMO_TESTS=1 "
-    "(passed in the session that wrote it, before sampling_stage_config moved into cascade)",
-)
-def test_export_pipeline_from_trained_stages(tmp_path):
+def _save_stage(config, workdir, step=2):
+    """A stage checkpoint as the trainer writes it, without training: the trainer's initial
+    state (same task, optimizer, shardings, Checkpointer) at `step`, with EMA params that differ
+    from the params as a trained run's do. Returns the saved state on the host."""
+    import jax.numpy as jnp
+
+    from t2v_jax import configlib
+    from t2v_jax.train import checkpoint as ckpt_lib
+    from t2v_jax.train import loop
+    from t2v_jax.train import state as state_lib
+    from t2v_jax.train import task as task_lib
+
+    task = task_lib.diffusion_task(config)
+    train_cfg = from_config(state_lib.TrainConfig, config.train, "train")
+    optimizer, _ = state_lib.make_optimizer(train_cfg)
+    # One device: orbax writes replicated arrays replica-parallel, as ~20k small eager slices
+    # (a minute of this test) on the tiny config's 8-way data mesh; the export restores the
+    # checkpoint onto that mesh all the same.
+    mesh, rules = loop._mesh_and_rules(config, jax.devices()[:1])
+    init = state_lib.make_init_fn(task.init_params, optimizer)
+    state, _ = state_lib.create_train_state(init, config.seed, mesh, rules)
+    ema = jax.jit(lambda t: jax.tree.map(lambda x: 0.5 * x + jnp.float32(0.125), t))
+    state = state.replace(step=state.step + step, ema_params=ema(state.ema_params))
+    ckpt = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints",
+                                 ckpt_lib.CheckpointConfig(async_save=False))  # fmt: skip
+    ckpt.save(step, state, {"position": step}, configlib.to_dict(config), force=True)
+    ckpt.close()
+    return jax.device_get(state)
+
+
+def test_export_pipeline_from_stage_checkpoints(tmp_path):
+    """tools/export_pipeline.py on tiny base + TSR checkpoints in the trainer's layout: it ships
+    the EMA params (bf16-rounded), the base stage's T5, a pipeline that samples, and it refuses
+    a stage trained on another T5. (The checkpoints are saved initial states, not trained ones:
+    training adds minutes of compiles and nothing the export reads.)"""
     import ml_dtypes
 
     from t2v_jax.pipeline_store import flatten_params, load_pipeline
-    from t2v_jax.train import run
 
     export = _tool("export_pipeline")
     config_file = _tiny_with_data(tmp_path)
-    short = {"train.num_steps": 2, "checkpoint.every_steps": 1, "log.every_steps": 1}
     runs = tmp_path / "runs"
-    base_config = load_config(f"{config_file}:base", short)
-    run.train_and_evaluate(base_config, runs / "base")
+    base = _save_stage(load_config(f"{config_file}:base"), runs / "base")
     text_dir = runs / "base" / "text_encoder"
     export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
-    with_text = {**short, "text.path": str(text_dir)}
-    run.train_and_evaluate(load_config(f"{config_file}:tsr", with_text), runs / "tsr")
+    tsr = _save_stage(load_config(f"{config_file}:tsr", {"text.path": str(text_dir)}), runs / "tsr")
+    # The TSR stage's frozen T5 is the one the base stage exported, read back from text.path.
+    for a, b in zip(jax.tree.leaves(tsr.frozen["text"]), jax.tree.leaves(base.frozen["text"]),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)
 
     path = export.main(["--config", config_file, "--workdir", str(runs), "--stages", "base", "tsr",
                         "--out", str(tmp_path / "pipeline")])  # fmt: skip
     pipe = load_pipeline(path)
     assert pipe.output_shape == (8, 8, 8, 3)
-    step, ema, frozen = export.restore_ema(base_config, runs / "base")
-    assert step == 2
     to_bf16 = lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32)
-    shipped = flatten_params(pipe.stages[0].params)
-    for name, value in flatten_params(ema["unet"]).items():
-        np.testing.assert_array_equal(np.asarray(shipped[name]), to_bf16(value), err_msg=name)
-    for a, b in zip(jax.tree.leaves(pipe.text_encoder.params), jax.tree.leaves(frozen["text"]),
+    for stage, saved in zip(pipe.stages, (base, tsr), strict=True):
+        shipped = flatten_params(stage.params)
+        expected = flatten_params(saved.ema_params["unet"])
+        assert sorted(shipped) == sorted(expected)
+        for name, value in expected.items():
+            np.testing.assert_array_equal(np.asarray(shipped[name]), to_bf16(value), err_msg=name)
+    for a, b in zip(jax.tree.leaves(pipe.text_encoder.params), jax.tree.leaves(base.frozen["text"]),
                     strict=True):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     videos = pipe.sample(["a red circle moving right"], num_steps=2, progress=False)
     assert videos.shape == (1, 8, 8, 8, 3) and videos.dtype == np.uint8
 
     # A stage trained on another (here: differently seeded, frozen random) T5 is refused.
-    other = load_config(f"{config_file}:tsr", {**short, "seed": 1})
-    run.train_and_evaluate(other, tmp_path / "other" / "tsr")
+    _save_stage(load_config(f"{config_file}:tsr", {"seed": 1}), tmp_path / "other" / "tsr")
     with pytest.raises(ValueError, match="not trained on the first stage's text encoder"):
         export.export(config_file, ["base", "tsr"], [runs / "base", tmp_path / "other" / "tsr"],
                       tmp_path / "refused")  # fmt: skip

@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import shutil
 
 import flax.linen as nn
 import jax
@@ -235,6 +236,37 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, c
     assert "step 4" in caplog.text and "falling back to step 2" in caplog.text
     assert reader.all_steps() == [2]
     assert list((tmp_path / "ckpt_corrupt").iterdir())
+
+
+def test_values_that_decode_but_differ_fail_the_fingerprint_check(tmp_path, caplog):
+    """Step 4's state item replaced by a valid one in which one leaf differs: tensorstore reads
+    it without complaint, so only the fingerprints saved in meta can tell, and must."""
+    init, saved, ckpt = _saved_run(tmp_path, 4)
+    ckpt.close()
+    # The same state with one parameter changed, saved as step 4 elsewhere, then moved into the
+    # run's step 4 in place of its state item (its meta, with the original fingerprints, stays).
+    mesh = mesh_of(2, 4)
+    abstract, shardings = state_lib.state_shardings(init, mesh, sharding.DEFAULT_RULES)
+    state = jax.device_put(saved, shardings)
+    w2 = state.params["model"]["w2"]
+    changed = state.replace(params={"model": {**state.params["model"], "w2": w2 + 0.5}})
+    other = ckpt_lib.Checkpointer(tmp_path / "other", ckpt_lib.CheckpointConfig(2, 5, False))
+    other.save(4, changed, {"position": 4}, {"seed": 0}, force=True)
+    other.close()
+    target = tmp_path / "ckpt" / "4" / "state"
+    shutil.rmtree(target)
+    shutil.copytree(tmp_path / "other" / "4" / "state", target)
+
+    reader = ckpt_lib.Checkpointer(tmp_path / "ckpt", ckpt_lib.CheckpointConfig(2, 5, True))
+    with caplog.at_level(logging.WARNING, logger="t2v_jax.train.checkpoint"):
+        restored = reader.restore_latest(abstract)
+    reader.close()
+    assert "step 4" in caplog.text and "falling back to step 2" in caplog.text
+    assert "do not match the fingerprints saved with them" in caplog.text
+    assert restored.step == 2 and restored.data_state == {"position": 2}
+    assert reader.all_steps() == [2]
+    (quarantined,) = (tmp_path / "ckpt_corrupt").iterdir()
+    assert quarantined.name.startswith("4-")
 
 
 def test_fingerprint_sees_one_flipped_bit_and_swapped_values():

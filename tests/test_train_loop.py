@@ -7,6 +7,7 @@ WORKDIR STEPS`), so the same task definition drives both the in-process and the 
 import os
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import time
 import numpy as np
 
 if __name__ == "__main__":  # a worker process: the same devices and cache as the test session
-    os.environ["XLA_FLAGS"] = (
-        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    # --default-opt-level: XLA's default backend optimisation level, as users run (the test
+    # session uses 0 for compile time; see conftest).
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8" + (
+        "" if "--default-opt-level" in sys.argv else " --xla_backend_optimization_level=0"
     )
     os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -131,9 +134,15 @@ def wait_for_line(proc, needle, timeout=120):
 
 
 def test_resume_continues_exactly(tmp_path):
-    """Stop at step 4 (num_steps=4), resume to 7: bitwise the run that went to 7 at once."""
-    loop.train(make_config(4), tmp_path / "a", make_task())
+    """Stop at step 4 (num_steps=4), resume to 7: bitwise the run that went to 7 at once.
+
+    A rerun that ignored its checkpoint and trained 7 steps from scratch would reproduce the
+    straight run too, so the second call must say it restored step 4 and ran only 3 steps.
+    """
+    first = loop.train(make_config(4), tmp_path / "a", make_task())
+    assert (first.resumed_from, first.steps_run) == (None, 4)
     resumed = loop.train(make_config(7), tmp_path / "a", make_task())
+    assert (resumed.resumed_from, resumed.steps_run) == (4, 3)
     straight = loop.train(make_config(7), tmp_path / "b", make_task())
     assert resumed.step == straight.step == 7
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state),
@@ -283,10 +292,46 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_exact(tmp_path):
     proc = spawn(workdir, steps)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
+    # The rerun resumed (a run that retrained from scratch would also match the straight one):
+    # it restored a checkpoint written before the last kill and ran only the remaining steps.
+    result = re.search(r"status completed step (\d+) resumed_from (\d+) steps_run (\d+)", out)
+    assert result, out
+    step, resumed_from, steps_run = map(int, result.groups())
+    assert step == steps and 0 < resumed_from < steps and steps_run == steps - resumed_from
+    assert f"at step {resumed_from}" in out and "resumed from" in out
     restored = read_final(workdir, steps)
     assert restored.step == steps
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.state),
                  jax.device_get(straight.state))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_and_sharding_hold_at_the_default_xla_optimization_level(tmp_path):
+    """The bitwise resume and sharded == single-device claims at XLA's default optimisation
+    level, which users run (every other test runs at level 0): in fresh processes."""
+    steps = 7
+
+    def run(workdir, num_steps, *extra):
+        proc = spawn(workdir, num_steps, "--default-opt-level", *extra)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        return out
+
+    run(tmp_path / "straight", steps)
+    run(tmp_path / "resumed", 4)
+    out = run(tmp_path / "resumed", steps)
+    assert f"status completed step {steps} resumed_from 4 steps_run 3" in out, out
+    straight, resumed = (read_final(tmp_path / d, steps) for d in ("straight", "resumed"))
+    assert resumed.step == straight.step == steps
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state),
+                 jax.device_get(straight.state))  # fmt: skip
+
+    run(tmp_path / "single", steps, "--single-device")
+    single = read_final(tmp_path / "single", steps)
+    assert single.meta["config"]["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert straight.meta["config"]["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0),
+                 jax.device_get(straight.state), jax.device_get(single.state))  # fmt: skip
 
 
 def _worker(argv):
@@ -309,8 +354,13 @@ def _worker(argv):
             original(self, directory, args)
 
         ckpt_lib.DataStateHandler.save = slow_save
-    result = loop.train(make_config(steps, every=2), workdir, make_task(delay=delay))
-    print(f"status {result.status} step {result.step}", flush=True)
+    config, devices = make_config(steps, every=2), None
+    if "--single-device" in argv:
+        config.mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+        devices = jax.devices()[:1]
+    result = loop.train(config, workdir, make_task(delay=delay), devices=devices)
+    print(f"status {result.status} step {result.step} resumed_from {result.resumed_from} "
+          f"steps_run {result.steps_run}", flush=True)  # fmt: skip
     if result.status == "preempted":
         print("preempted", flush=True)
 
