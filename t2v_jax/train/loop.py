@@ -119,6 +119,8 @@ class TrainResult:
       step: the step the state is at (saved in the workdir).
       resumed_from: the checkpoint step this call restored, None when it started fresh.
       steps_run: how many train steps this call executed (step - resumed_from, or step).
+      stopped_by: why a preempted run stopped: "SIGTERM" (this process's own signal) or "the
+        preemption sync point" (JAX's, agreed by every host of a distributed run); else None.
     """
 
     state: state_lib.TrainState
@@ -126,6 +128,7 @@ class TrainResult:
     step: int
     resumed_from: int | None = None
     steps_run: int = 0
+    stopped_by: str | None = None
 
 
 class _SigtermFlag:
@@ -306,7 +309,7 @@ def train(
     metrics_out = _Metrics(workdir, train_cfg.batch_size)
     step = start_step = int(distributed.to_host(state.step))
     pending: tuple[int, Any] | None = None  # metrics of the previous step, read one step late
-    status = "completed"
+    status, stopped_by = "completed", None
 
     def drain(pending):
         # Read metrics one step late, so the host is already queueing the next step while
@@ -362,6 +365,7 @@ def train(
                 metrics_out.image(step, "samples/ema", grid)
             if sigterm.raised or ckpt.reached_preemption(step):
                 status = "preempted"
+                stopped_by = "SIGTERM" if sigterm.raised else "the preemption sync point"
                 break
         if pending is not None:
             drain(pending)
@@ -369,9 +373,10 @@ def train(
         ckpt.close()
     metrics_out.close()
     if status == "preempted":
-        log.warning("preempted: saved step %d to %s; exiting cleanly", step, ckpt.directory)
+        log.warning("preempted by %s: saved step %d to %s; exiting cleanly", stopped_by, step,
+                    ckpt.directory)  # fmt: skip
     return TrainResult(state=state, status=status, step=step, resumed_from=resumed_from,
-                       steps_run=step - start_step)  # fmt: skip
+                       steps_run=step - start_step, stopped_by=stopped_by)  # fmt: skip
 
 
 _WARM_FIELDS = ("params", "ema_params", "frozen")
