@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from t2v_jax import sharding
 from t2v_jax.models import attention as attn
 from t2v_jax.models import platform
 
@@ -64,7 +65,10 @@ def test_auto_follows_the_target_platform_not_the_host(monkeypatch):
     variables = spatial.init(jax.random.key(0), x)
     spatial.apply(variables, x)
     assert calls == []  # the host is a CPU: XLA
-    with platform.compile_target("tpu"):
+    with platform.compile_target("tpu"):  # 8 devices but no mesh to shard_map over: XLA
+        spatial.apply(variables, x)
+    assert calls == []
+    with platform.compile_target("tpu", sharding.make_mesh()):
         spatial.apply(variables, x)
         assert calls == [False]  # the real kernel, not interpret mode
         # Temporal attention (relative-position bias over a few frames) stays on XLA.

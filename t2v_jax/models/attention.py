@@ -47,14 +47,21 @@ def attention(
     `impl`: "xla"; "cudnn" (GPU); "pallas" (TPU splash attention, in interpret mode off TPU;
     needs no bias or mask and S, S' multiples of 128 after padding; raises otherwise); "auto":
     the platform being compiled for decides (`platform.target_platform()`, not the host's
-    backend): Pallas on TPU where it applies, cuDNN on GPU for bf16/fp16 without bias or mask,
-    XLA otherwise.
+    backend): Pallas on TPU where it applies and the mesh is known (one chip, or a
+    `compile_target` mesh), cuDNN on GPU for bf16/fp16 without bias or mask, XLA otherwise.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
     target = platform.target_platform()
     if impl == "auto":
-        if target == "tpu" and pallas_attention.supported(q, k, bias=bias, mask=mask):
+        # On several chips the kernel must run under shard_map, which needs the mesh; without
+        # one (a caller that did not enter `compile_target(..., mesh)`) XLA is the safe choice.
+        mesh_known = platform.target_mesh() is not None or jax.device_count() == 1
+        if (
+            target == "tpu"
+            and mesh_known
+            and pallas_attention.supported(q, k, bias=bias, mask=mask)
+        ):
             impl = "pallas"
         elif (
             target == "gpu"
