@@ -85,3 +85,21 @@ def test_pallas_refuses_a_bias():
     q = jnp.zeros((1, 128, 2, 16))
     with pytest.raises(ValueError, match="attention_impl='pallas'.*bias=True"):
         attn.attention(q, q, q, bias=jnp.zeros((1, 2, 128, 128)), impl="pallas")
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_spacetime_image_frames_see_only_themselves(impl):
+    # Two image frames (and a video example): an image frame's output must not depend on the
+    # other frames, whichever kernel runs the segment-id mask.
+    x = jax.random.normal(jax.random.key(6), (1, 2, 8, 8, 32))  # 128 queries
+    other = x.at[:, 1].set(jax.random.normal(jax.random.key(7), (1, 8, 8, 32)))
+    images = jnp.zeros((1, 2), bool)
+    module = attn.SpaceTimeSelfAttention(2, impl=impl)
+    variables, run = _init_apply(module, x, images)
+    _, run_other = _init_apply(module, other, images)
+    np.testing.assert_allclose(run(variables)[:, 0], run_other(variables)[:, 0], atol=1e-5)
+    assert not np.allclose(run(variables)[:, 1], run_other(variables)[:, 1], atol=1e-3)
+    video = jnp.ones((1, 2), bool)  # video frames do see each other
+    _, run_video = _init_apply(module, x, video)
+    _, run_video_other = _init_apply(module, other, video)
+    assert not np.allclose(run_video(variables)[:, 0], run_video_other(variables)[:, 0], atol=1e-3)
