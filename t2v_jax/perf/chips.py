@@ -146,9 +146,9 @@ def roofline(flops: float, bytes_accessed: float, chip: Chip) -> dict[str, float
 
 
 INSTALL_HINT = (
-    'the TPU compiler comes with libtpu: pip install -c constraints.txt ".[tpu]" (in a venv of '
-    "its own: with libtpu installed, every JAX process not run with JAX_PLATFORMS=cpu probes "
-    "the TPU and holds libtpu's lockfile)"
+    'the TPU compiler comes with libtpu: pip install -c constraints.txt ".[tpu]" (then every '
+    "JAX process not started with JAX_PLATFORMS=cpu probes the TPU and holds libtpu's lockfile; "
+    "see docs/tpu_preflight.md)"
 )
 
 
