@@ -16,7 +16,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 from jax.sharding import PartitionSpec as P
 
 BLOCK = 128  # the kernel's kv compute block must be a multiple of the 128 TPU lanes
@@ -50,6 +49,9 @@ def _block(length: int) -> int:
 
 
 def _kernel(heads: int, q_len: int, kv_len: int, interpret: bool):
+    # Imported here: the Pallas TPU ops cost ~0.3 s to import, and most processes never use them.
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
+
     bq, bkv = _block(q_len), _block(kv_len)
     sizes = splash_lib.BlockSizes(
         block_q=bq, block_kv=bkv, block_kv_compute=bkv,
@@ -64,11 +66,13 @@ def _kernel(heads: int, q_len: int, kv_len: int, interpret: bool):
 
 def _local(q, k, v, q_seg, kv_seg, *, interpret: bool):
     """One shard: q [n, S, h, D], k/v [n, S', h, D], segments [n, S] / [n, S'] -> [n, S, h, D]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
     kernel = _kernel(q.shape[2], q.shape[1], k.shape[1], interpret)
     heads_first = lambda x: x.transpose(0, 2, 1, 3)  # [n, h, S, D]
 
     def one(qi, ki, vi, qs, ks):
-        return kernel(qi, ki, vi, segment_ids=splash_lib.SegmentIds(q=qs, kv=ks))
+        return kernel(qi, ki, vi, segment_ids=SegmentIds(q=qs, kv=ks))
 
     out = jax.vmap(one)(heads_first(q), heads_first(k), heads_first(v), q_seg, kv_seg)
     return heads_first(out)
