@@ -355,6 +355,15 @@ class Pipeline:
         self._compiled[key] = fn
         return fn
 
+    def stage_program(self, index: int, batch: int, num_steps: int, guided: bool):
+        """The jitted function `sample` calls for stage `index` (without the progress callback).
+
+        `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low) -> video [B, T, H, W, C]`,
+        with the shardings `sample` uses; tools lower and compile it ahead of time
+        (t2v_jax/perf/aot.py) so that what they measure is what `sample` runs.
+        """
+        return self._stage_fn(index, batch, num_steps, guided, progress=False)
+
     def _preflight(self, fn, args, stage_name: str, batch: int) -> None:
         """Refuses a stage whose compiled program cannot fit the device (where that is known)."""
         capacity = device_memory_bytes(self.mesh.devices.flat[0])

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -163,12 +164,33 @@ def test_long_prompt_is_truncated_with_a_warning(pipe):
     assert videos.shape[0] == 1
 
 
-def test_memory_preflight_refuses_what_cannot_fit(pipe, monkeypatch):
-    monkeypatch.setattr(cascade, "device_memory_bytes", lambda device: 1024)
-    with pytest.raises(
-        cascade.MemoryPreflightError, match=r"needs .* GiB per device but the device has"
-    ):
-        pipe.sample(PROMPTS[:1], num_steps=2, progress=False)
+def _stage_bytes(pipe, monkeypatch, batch: int) -> int:
+    """The most device memory any stage's compiled sampler needs for `batch` prompts."""
+    needed = []
+
+    def measure(self, fn, args, stage_name, batch):
+        analysis = fn.lower(*args).compile().memory_analysis()
+        needed.append(
+            analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes
+        )  # fmt: skip
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cascade.Pipeline, "_preflight", measure)
+        pipe.sample(["x"] * batch, num_steps=2, progress=False)
+    return max(needed)
+
+
+def test_memory_preflight_accepts_what_fits_and_names_the_largest_batch(pipe, monkeypatch):
+    capacity = _stage_bytes(pipe, monkeypatch, 2)  # exactly what a batch of 2 needs
+    monkeypatch.setattr(cascade, "device_memory_bytes", lambda device: capacity)
+    assert pipe.sample(["x"] * 2, num_steps=2, progress=False).shape[0] == 2  # fits: accepted
+    with pytest.raises(cascade.MemoryPreflightError, match=r"needs .* GiB per device but") as err:
+        pipe.sample(["x"] * 4, num_steps=2, progress=False)
+    largest = int(re.search(r"the largest batch that fits is about (\d+)", str(err.value))[1])
+    assert largest == 2
+    with pytest.raises(cascade.MemoryPreflightError):  # and it is the largest
+        pipe.sample(["x"] * (largest + 1), num_steps=2, progress=False)
 
 
 @pytest.mark.slow

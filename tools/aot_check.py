@@ -1,15 +1,20 @@
-"""Pod pre-flight: compile each paper-scale stage's train and sampler step for a fake device mesh.
+"""Pod pre-flight: compile each stage's train step and sampler for a TPU slice (or fake devices).
 
-Sets the number of fake CPU devices before jax starts, then for each stage of the config lowers
-and compiles the sharded train step and one sampler step from shapes alone (no parameter is
-allocated), prints per-device memory and exits non-zero when a stage does not split over the
-mesh or does not fit the budget.
+With --topology (needs libtpu, the `tpu` extra) the real TPU compiler compiles, on this host and
+without any TPU, the sharded train step and the `Pipeline`'s own sampling program for the
+slice's chips, and reports per chip: memory (arguments, outputs, temporaries, code) against the
+chip's HBM, FLOPs and bytes from the TPU cost analysis, and a roofline step time with its MFU.
+Without --topology the programs are compiled by XLA:CPU for fake devices: an estimate of a
+TPU's memory only (CPU kernels, no TPU padding, no cost model). Exits non-zero when a stage does
+not split over the mesh or does not fit the budget.
 
-  python tools/aot_check.py --mesh 16,16,1 --batch 256 --budget v5p           # all 7 stages
-  python tools/aot_check.py --stages base --mesh 1,64,1 --batch 64 --budget v5e=16GB
+  python tools/aot_check.py --topology v5p-128 --mesh 1,64,1 --batch 64     # all 7 stages
+  python tools/aot_check.py --topology v5e:2x2 --config configs/tiny.py --stages base --batch 4
+  python tools/aot_check.py --stages base --mesh 1,64,1 --batch 64 --budget v5e=16GB  # no libtpu
   python tools/aot_check.py --stages tsr1 --mesh 8,8,1 --batch 64 --shrink 8  # quick look
 
-Cost: minutes per paper-scale stage on a 2-core CPU (compile only); seconds with --shrink.
+Cost: minutes per paper-scale stage on a 2-core CPU (compile only); seconds with --shrink or
+configs/tiny.py. docs/tpu_preflight.md has measured compile times and host memory.
 """
 
 from __future__ import annotations
@@ -34,9 +39,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated stage names (the config's get_config arguments)",
     )
     parser.add_argument(
+        "--topology",
+        default=None,
+        help="TPU slice to compile for with the TPU compiler: v5p-128, v5e-256, v5p:4x4x4, "
+        "v5e:8x8, v4:2x2x2, v6e:4x4 (needs libtpu: the tpu extra)",
+    )
+    parser.add_argument(
         "--mesh",
-        default="1,64,1",
-        help="data,fsdp,tensor sizes; their product is the fake device count",
+        default=None,
+        help="data,fsdp,tensor sizes; their product is the chip count (default with --topology: "
+        "1,CHIPS,1) or the fake device count (default 1,64,1)",
     )
     parser.add_argument("--batch", type=int, default=64, help="global training batch")
     parser.add_argument(
@@ -57,6 +69,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="divide every width by this (fast compiles; shapes and depth stay)",
     )
     parser.add_argument("--no-sampler", action="store_true", help="compile the train step only")
+    parser.add_argument(
+        "--sample-steps", type=int, default=2, help="denoising steps of the compiled sampler"
+    )
     parser.add_argument("--json", default=None, help="also write the reports to this file")
     parser.add_argument(
         "--full-codegen",
@@ -66,34 +81,66 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
+def _mesh_shape(text: str) -> tuple[int, ...] | None:
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        return None
+    return shape if len(shape) == 3 and min(shape) >= 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the pre-flight; returns the exit status (0: every stage compiled and fits)."""
     args = _parse_args(argv)
-    try:
-        mesh_shape = tuple(int(x) for x in args.mesh.split(","))
-    except ValueError:
-        mesh_shape = ()
-    if len(mesh_shape) != 3 or min(mesh_shape) < 1:
-        print(f"--mesh: expected three positive ints data,fsdp,tensor, got {args.mesh!r}")
+    # Only what is safe before jax starts: chip names and mesh sizes are checked here.
+    from t2v_jax.perf import chips
+
+    topology = None
+    if args.topology:
+        try:
+            topology = chips.parse_topology(args.topology)
+        except chips.TopologyError as e:
+            print(e)
+            return 2
+    mesh_text = args.mesh or (f"1,{topology.num_chips},1" if topology else "1,64,1")
+    mesh_shape = _mesh_shape(mesh_text)
+    if mesh_shape is None:
+        print(f"--mesh: expected three positive ints data,fsdp,tensor, got {mesh_text!r}")
         return 2
-    # Must happen before jax creates its CPU backend. LLVM optimisation only changes the code
-    # that would run, not buffer assignment, so memory figures are the same without it.
-    flags = f"--xla_force_host_platform_device_count={math.prod(mesh_shape)}"
-    if not args.full_codegen:
-        flags += " --xla_backend_optimization_level=0"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    if topology:
+        # The programs are compiled for the slice's chips; this process needs no accelerator,
+        # so it must not claim one. ALLOW_MULTIPLE_LIBTPU_LOAD lets it start beside another
+        # process that holds libtpu's lockfile (a TPU job, or any JAX process with libtpu).
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
+    else:
+        # Must happen before jax creates its CPU backend. LLVM optimisation only changes the
+        # code that would run, not buffer assignment, so memory figures are the same without it.
+        flags = f"--xla_force_host_platform_device_count={math.prod(mesh_shape)}"
+        if not args.full_codegen:
+            flags += " --xla_backend_optimization_level=0"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"
 
     import jax
 
     from t2v_jax import configlib, sharding
     from t2v_jax.perf import aot
 
-    if len(jax.devices()) != math.prod(mesh_shape):
-        print(f"jax already started with {len(jax.devices())} devices; run this as a script")
-        return 2
+    if topology:
+        try:
+            mesh = chips.topology_mesh(topology, mesh_shape)
+        except chips.TopologyError as e:
+            print(e)
+            return 2
+    else:
+        if len(jax.devices()) != math.prod(mesh_shape):
+            print(f"jax already started with {len(jax.devices())} devices; run this as a script")
+            return 2
+        mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_shape))
     budget = aot.parse_budget(args.budget) if args.budget else None
-    mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_shape))
+    if budget is None and topology:
+        budget = (topology.chip.name, topology.chip.hbm_bytes)
     reports, status = [], 0
     for stage in args.stages.split(","):
         config = configlib.load_config(f"{args.config}:{stage}")
@@ -102,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = aot.preflight(config, mesh, batch_size=args.batch,
                                    sample_batch_size=args.sample_batch, budget=budget,
-                                   sampler=not args.no_sampler)  # fmt: skip
+                                   sampler=not args.no_sampler, sampler_steps=args.sample_steps,
+                                   topology=topology)  # fmt: skip
         except aot.PreflightError as e:
             print(f"FAIL {e}")
             reports.append({"stage": stage, "error": str(e)})

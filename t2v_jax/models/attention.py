@@ -2,8 +2,10 @@
 
 A fourth, joint space-time self-attention, lets every pixel of every frame attend to all the
 others (for coarse levels, where a moving object's displacement must be related across frames).
-All are pre-norm residual blocks around `jax.nn.dot_product_attention`, so one switch
-picks the backend (XLA everywhere, cuDNN flash attention on GPU). Spatial attention mixes the
+All are pre-norm residual blocks around one dispatch function, `attention`, so one switch picks
+the kernel: XLA everywhere, cuDNN flash attention on GPU, Pallas splash attention on TPU for the
+spatial, space-time and cross blocks (temporal attention, with its relative-position bias over
+a few frames, stays on XLA). Spatial attention mixes the
 pixels of one frame, temporal attention the frames at one pixel (with a learned relative-position
 bias over frame offsets and the frame mask), cross-attention lets every pixel read the text.
 """
@@ -17,9 +19,13 @@ import jax
 import jax.numpy as jnp
 
 from t2v_jax import axes
+from t2v_jax.models import pallas_attention, platform
 from t2v_jax.models.layers import GroupNorm, LayerNorm, default_init, param, sinusoidal_embedding
 
 Dtype = Any
+
+
+ATTENTION_IMPLS = ("xla", "cudnn", "pallas", "auto")
 
 
 def attention(
@@ -29,23 +35,58 @@ def attention(
     *,
     bias: jax.Array | None = None,
     mask: jax.Array | None = None,
+    segments: tuple[jax.Array, jax.Array] | None = None,
     impl: str = "xla",
 ) -> jax.Array:
     """Multi-head attention. q [N, S, H, D], k/v [N, S', H, D] -> [N, S, H, D].
 
-    bias / mask broadcast to [N, H, S, S']; a mask entry False removes that key. `impl` is
-    "xla", "cudnn", or "auto" (cuDNN on GPU for bf16/fp16 without bias or mask, else XLA).
+    bias / mask broadcast to [N, H, S, S']; a mask entry False removes that key. `segments`
+    (q_seg [N, S], kv_seg [N, S'] ints) is the other way to mask: a query sees exactly the keys
+    of its own segment id; it is the only mask the Pallas kernel takes.
+
+    `impl`: "xla"; "cudnn" (GPU); "pallas" (TPU splash attention, in interpret mode off TPU;
+    needs no bias or mask and S, S' multiples of 128 after padding; raises otherwise); "auto":
+    the platform being compiled for decides (`platform.target_platform()`, not the host's
+    backend): Pallas on TPU where it applies and the mesh is known (one chip, or a
+    `compile_target` mesh), cuDNN on GPU for bf16/fp16 without bias or mask, XLA otherwise.
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl: {impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+    target = platform.target_platform()
     if impl == "auto":
-        cudnn_ok = (
-            jax.default_backend() == "gpu"
+        # On several chips the kernel must run under shard_map, which needs the mesh; without
+        # one (a caller that did not enter `compile_target(..., mesh)`) XLA is the safe choice.
+        mesh_known = platform.target_mesh() is not None or jax.device_count() == 1
+        if (
+            target == "tpu"
+            and mesh_known
+            and pallas_attention.supported(q, k, bias=bias, mask=mask)
+        ):
+            impl = "pallas"
+        elif (
+            target == "gpu"
             and q.dtype in (jnp.bfloat16, jnp.float16)
             and bias is None
             and mask is None
+            and segments is None
+        ):
+            impl = "cudnn"
+        else:
+            impl = "xla"
+    if impl == "pallas":
+        if not pallas_attention.supported(q, k, bias=bias, mask=mask):
+            raise ValueError(
+                "attention_impl='pallas': needs no bias or boolean mask and query/key lengths "
+                f"that are multiples of {pallas_attention.BLOCK} (keys may be padded), got "
+                f"q {q.shape}, k {k.shape}, bias={bias is not None}, mask={mask is not None}"
+            )
+        return pallas_attention.splash(
+            q, k, v, segments=segments, mesh=platform.target_mesh(), interpret=target != "tpu"
         )
-        impl = "cudnn" if cudnn_ok else "xla"
-    if impl not in ("xla", "cudnn"):
-        raise ValueError(f"attention_impl: {impl!r} is not one of 'xla', 'cudnn', 'auto'")
+    if segments is not None:
+        q_seg, kv_seg = segments
+        seg_mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]  # [N, 1, S, S']
+        mask = seg_mask if mask is None else mask & seg_mask
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
 
 
@@ -147,8 +188,12 @@ class CrossAttention(nn.Module):
         null = jnp.broadcast_to(null.astype(self.dtype)[:, None, None], (2, b, 1, self.heads, d))
         k = jnp.concatenate([null[0], k], axis=1)  # [B, 1+L, heads, d]
         v = jnp.concatenate([null[1], v], axis=1)
-        mask = jnp.concatenate([jnp.ones((b, 1), bool), text_mask.astype(bool)], axis=1)
-        o = attention(q, k, v, mask=mask[:, None, None, :], impl=self.impl)  # [B, THW, heads, d]
+        # Key segment 1 for the null token and real tokens, 0 for padding; every query is in
+        # segment 1 (a segment pair is the mask form every attention kernel takes).
+        kv_seg = jnp.concatenate([jnp.ones((b, 1), bool), text_mask.astype(bool)], axis=1)
+        q_seg = jnp.ones((b, t * h * w), jnp.int32)
+        o = attention(q, k, v, segments=(q_seg, kv_seg.astype(jnp.int32)), impl=self.impl)
+        # o: [B, THW, heads, d]
         o = _OutProjection(c, self.dtype, name="out")(o)
         return x.astype(self.dtype) + o.reshape(b, t, h, w, c)
 
@@ -231,12 +276,14 @@ class SpaceTimeSelfAttention(nn.Module):
         q, k, v = (
             _Projection(self.heads, d, self.dtype, name=n)(y) for n in ("query", "key", "value")
         )
-        mask = None
+        segments = None
         if frame_mask is not None:
+            # Segment 0: the video frames of an example; an image frame f is its own segment
+            # f + 1. Equal ids <=> both frames are video frames, or it is the same frame.
             frame_of = jnp.repeat(jnp.arange(t), h * w)  # [THW]
             fm = frame_mask.astype(bool)[:, frame_of]  # [B, THW]
-            same_frame = frame_of[:, None] == frame_of[None, :]
-            mask = ((fm[:, :, None] & fm[:, None, :]) | same_frame[None])[:, None]  # [B,1,THW,THW]
-        o = attention(q, k, v, mask=mask, impl=self.impl)  # [B, THW, heads, d]
+            seg = jnp.where(fm, 0, frame_of[None] + 1).astype(jnp.int32)
+            segments = (seg, seg)
+        o = attention(q, k, v, segments=segments, impl=self.impl)  # [B, THW, heads, d]
         o = _OutProjection(c, self.dtype, zero_init=True, name="out")(o)
         return x.astype(self.dtype) + o.reshape(b, t, h, w, c)

@@ -55,8 +55,10 @@ class UNetConfig:
       norm_groups: GroupNorm groups (each level's channels must be divisible by it).
       dtype: compute dtype; parameters are always float32.
       remat: rematerialise each ResBlock / attention block in the backward pass (saves memory).
-      attention_impl: `jax.nn.dot_product_attention` backend: "xla", "cudnn" (GPU flash
-        attention, bf16 only), or "auto" (cuDNN where it applies, XLA elsewhere).
+      attention_impl: the attention kernel: "xla", "cudnn" (GPU flash attention, bf16 only),
+        "pallas" (TPU splash attention; interpret mode elsewhere, for tests) or "auto" (decided
+        by the platform compiled for: Pallas on TPU for spatial, space-time and cross attention
+        over >= 128 queries, cuDNN on GPU where it applies, XLA otherwise).
       spatial_conv_impl: "conv" (lax.conv), "matmul" (3x3 patches + one matmul),
         "conv_gemm_grad" (lax.conv forward and input gradient, the kernel gradient as one
         patches GEMM: the fastest train step on XLA:CPU) or "auto" (conv_gemm_grad on CPU, conv
@@ -85,7 +87,7 @@ class UNetConfig:
     norm_groups: int = 32
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
-    attention_impl: Literal["xla", "cudnn", "auto"] = "xla"
+    attention_impl: Literal["xla", "cudnn", "pallas", "auto"] = "xla"
     spatial_conv_impl: Literal["auto", "conv", "matmul", "conv_gemm_grad"] = "auto"
 
     def __post_init__(self):

@@ -24,10 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from t2v_jax import cascade, configlib, sharding
-from t2v_jax.diffusion import samplers
+from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
-from t2v_jax.models.unet3d import VideoUNet
-from t2v_jax.upsample import upsample_video
+from t2v_jax.perf import chips
 
 # Per-chip memory of common accelerators, in bytes (HBM as the vendors state it, GiB).
 DEVICE_BUDGETS = {
@@ -185,6 +184,24 @@ def _memory(compiled: Any) -> dict[str, int]:
     return out
 
 
+def _cost(compiled: Any) -> dict[str, float]:
+    """One chip's FLOPs and HBM bytes accessed, from the compiler's cost analysis.
+
+    Also counts the program's Pallas (Mosaic) kernels, so a report shows whether the TPU
+    attention kernels are in the program.
+    """
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else None
+    if not analysis:
+        return {}
+    return {
+        "flops": float(analysis.get("flops", 0.0)),
+        "bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
+        "pallas_kernels": compiled.as_text().count('custom_call_target="tpu_custom_call"'),
+    }
+
+
 def shapes_only_experiment(
     config: ml_collections.ConfigDict, batch_size: int
 ) -> ml_collections.ConfigDict:
@@ -257,74 +274,59 @@ def lower_train_step(
     return jitted.lower(abstract_state, batch), abstract_state, batch
 
 
-def lower_sampler_step(
+class _ShapesOnlyText:
+    """Stands in for the text encoder of a Pipeline that is only lowered (batches carry the
+    embeddings); `Pipeline` reads its width, nothing ever encodes."""
+
+    def __init__(self, d_model: int):
+        self.d_model = d_model
+
+
+def lower_sampler_program(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, param_abstract: Any,
-    batch_size: int, guidance: float = 2.0,
+    batch_size: int, num_steps: int = 2, guided: bool = True,
 ) -> Any:  # fmt: skip
-    """One denoising step of the stage's sampler (the `lax.scan` body, with guidance) lowered.
+    """The `Pipeline`'s own jitted per-stage sampler (`Pipeline.stage_program`), lowered.
 
-    `param_abstract` holds the U-Net's parameters as sharded ShapeDtypeStructs (the EMA params of
-    the train state). Memory does not grow with the number of steps (the scan carries one
-    video), so one step stands for the whole loop.
+    The stage is put in a Pipeline on `mesh` with shapes-only parameters, so the program is
+    exactly what `Pipeline.sample` runs: params replicated in fp32, the batch split over
+    (`data`, `fsdp`), the whole `lax.scan` over `num_steps`, guidance on. An SR stage sits
+    second, after a placeholder base stage of its input's size (never compiled), because
+    the pipeline feeds the stage below's video only to stages after the first.
     """
-    stage_fields = {k: v for k, v in configlib.to_dict(config.stage).items() if k != "paper_params"}
-    stage_cfg = configlib.from_config(
-        cascade.StageConfig,
-        {
-            **stage_fields,
-            "schedule": configlib.to_dict(config.get("diffusion", {}).get("schedule", {})),
-        },
-        "stage",
-    )
+    stage_cfg = cascade.stage_config_from_experiment(config)
     model = configlib.from_config(UNetConfig, config.model, "model")
-    module = VideoUNet(model)
-    length = int(config.get("text", {}).get("max_length", 128))
-    b = batch_size
-    shape = (b, stage_cfg.frames, stage_cfg.height, stage_cfg.width, model.out_channels)
-
-    def model_fn(params, x, log_snr, cond):
-        return module.apply(
-            {"params": params}, x, log_snr, cond["text_emb"], cond["text_mask"],
-            cond_video=cond.get("cond_video"), cond_log_snr=cond.get("cond_log_snr"),
-        )  # fmt: skip
-
-    def run(params, keys, emb, mask, low):
-        cond = {"text_emb": emb, "text_mask": mask}
-        if low is not None:
-            size = (stage_cfg.frames, stage_cfg.height, stage_cfg.width)
-            cond["cond_video"] = upsample_video(low, size, stage_cfg.upsample_kind)
-            cond["cond_log_snr"] = jnp.zeros((b,), jnp.float32)
-        null = {"text_emb": jnp.zeros_like(emb), "text_mask": jnp.zeros_like(mask)}
-        return samplers.sample(
-            model_fn, params, keys, cond, shape, 1, sampler=stage_cfg.sampler,
-            schedule_cfg=stage_cfg.schedule, guidance=guidance if guidance != 1.0 else None,
-            uncond_cond=null if guidance != 1.0 else None, thresholding=stage_cfg.thresholding,
-        )  # fmt: skip
-
-    def sds(shape, dtype):
-        return jax.ShapeDtypeStruct(
-            shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape))
-        )
-
-    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
-    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding.batch_sharding(mesh, 1))
-    low = None
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), param_abstract)
+    stages = [cascade.Stage(stage_cfg, model, params)]
     if stage_cfg.kind != "base":
-        low_shape = (b, stage_cfg.low_frames, stage_cfg.low_height, stage_cfg.low_width, 3)
-        low = sds(low_shape, jnp.float32)
-    args = (
-        param_abstract, keys, sds((b, length, model.text_dim), jnp.float32),
-        sds((b, length), jnp.bool_), low,
-    )  # fmt: skip
-    param_shardings = jax.tree.map(lambda s: s.sharding, param_abstract)
-    fn = jax.jit(run, in_shardings=(param_shardings, None, None, None, None),
-                 out_shardings=sharding.batch_sharding(mesh, 5))  # fmt: skip
-    return fn.lower(*args)
+        below = dataclasses.replace(
+            stage_cfg, name="below", kind="base", frames=stage_cfg.low_frames,
+            height=stage_cfg.low_height, width=stage_cfg.low_width,
+            low_frames=0, low_height=0, low_width=0,
+        )  # fmt: skip
+        stages.insert(0, cascade.Stage(below, model, None))
+    pipe = cascade.Pipeline(_ShapesOnlyText(model.text_dim), stages, mesh=mesh)
+    index = len(stages) - 1
+    fn = pipe.stage_program(index, batch_size, num_steps, guided)
+    b, length = batch_size, int(config.get("text", {}).get("max_length", 128))
+    sds = jax.ShapeDtypeStruct
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
+    emb, mask = sds((b, length, model.text_dim), jnp.float32), sds((b, length), jnp.bool_)
+    low = None
+    if index:
+        low = sds((b, stage_cfg.low_frames, stage_cfg.low_height, stage_cfg.low_width, 3),
+                  jnp.float32)  # fmt: skip
+    weight = sds((), jnp.float32)
+    return fn.lower(params, keys, emb, mask, emb, mask, low, weight, weight)
 
 
 @dataclasses.dataclass
 class PreflightReport:
-    """Per-device memory (bytes) of a stage's train step and sampler step on one mesh."""
+    """Per-chip memory (bytes) and cost of a stage's train step and sampler on one mesh.
+
+    `platform` is the compiler that produced the figures: "tpu" (the real TPU compiler, for a
+    topology) or "cpu" (fake CPU devices: an estimate of a TPU's memory, no cost model).
+    """
 
     stage: str
     mesh: dict[str, int]
@@ -339,6 +341,12 @@ class PreflightReport:
     compile_s: dict[str, float]
     budget_label: str | None = None
     budget_bytes: int | None = None
+    platform: str = "cpu"
+    topology: str | None = None
+    train_cost: dict[str, float] = dataclasses.field(default_factory=dict)
+    sampler_cost: dict[str, float] = dataclasses.field(default_factory=dict)
+    sampler_steps: int = 0
+    chip: chips.Chip | None = None
 
     @property
     def train_activation_bytes(self) -> int:
@@ -350,33 +358,60 @@ class PreflightReport:
         if self.budget_bytes is None:
             return []
         return [
-            name for name, mem in (("train step", self.train), ("sampler step", self.sampler))
+            name for name, mem in (("train step", self.train), ("sampler", self.sampler))
             if mem.get("total_bytes", 0) > self.budget_bytes
         ]  # fmt: skip
 
+    def rooflines(self) -> dict[str, dict[str, float]]:
+        """Roofline step-time bounds per program (needs a chip and the TPU cost analysis)."""
+        if self.chip is None:
+            return {}
+        out = {}
+        if self.train_cost:
+            out["train_step"] = chips.roofline(
+                self.train_cost["flops"], self.train_cost["bytes_accessed"], self.chip
+            )
+        if self.sampler_cost:
+            out["sampler_step"] = chips.roofline(
+                self.sampler_cost["flops"], self.sampler_cost["bytes_accessed"], self.chip
+            )
+        return out
+
     def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of every field plus the derived figures."""
         out = dataclasses.asdict(self)
+        out["chip"] = self.chip.name if self.chip else None
         out["train_activation_bytes"] = self.train_activation_bytes
         out["fits"] = not self.over_budget()
+        out["estimate"] = self.platform != "tpu"
+        out["roofline"] = self.rooflines()
         return out
 
 
 def preflight(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, batch_size: int,
     sample_batch_size: int | None = None, budget: tuple[str, int] | None = None,
-    rules: sharding.Rules | None = None, sampler: bool = True,
+    rules: sharding.Rules | None = None, sampler: bool = True, sampler_steps: int = 2,
+    topology: chips.Topology | None = None,
 ) -> PreflightReport:  # fmt: skip
-    """Checks divisibility, then compiles the train step (and sampler step) for `mesh`.
+    """Checks divisibility, then compiles the train step (and the stage's sampler) for `mesh`.
+
+    Every "auto" implementation switch resolves for the mesh's platform (`compile_target`),
+    so a TPU topology mesh gets the TPU program (lax.conv, Pallas attention) on a CPU host.
 
     Args:
       config: an experiment config (configs/imagen_video.py:STAGE or any stage config).
-      mesh: the target mesh (fake CPU devices stand in for the pod's chips).
+      mesh: the target mesh: TPU topology devices (`topology_mesh`) or fake CPU devices.
       batch_size: the global training batch.
       sample_batch_size: the global sampling batch (default: the batch axes' size, one per
         device).
       budget: (label, bytes per device) to check against; None reports without checking.
       rules: logical-axis rules (default: the config's `sharding.rules`, else the defaults).
-      sampler: also compile one sampler step.
+      sampler: also compile the Pipeline's sampler for this stage.
+      sampler_steps: denoising steps of that sampler program. Neither its memory nor its cost
+        analysis grows with them: the TPU compiler counts the `lax.scan` body once (measured:
+        the same FLOPs for 2 and 4 steps), so the sampler's cost is one denoising step's.
+      topology: the TPU slice `mesh` was made from (gives the chip for the roofline).
 
     Raises:
       PreflightError: the shapes do not split over the mesh (before compiling), or a program
@@ -393,22 +428,26 @@ def preflight(
             f"sample_batch_size={sample_batch_size} is not a multiple of the mesh's "
             f"data*fsdp={sharding.batch_divisor(mesh)}"
         )
+    target = platform.platform_of(mesh)
     timings = {}
-    start = time.perf_counter()
-    lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)
-    compiled = lowered.compile()
-    timings["train_step"] = time.perf_counter() - start
-    train_mem = _memory(compiled)
-    sampler_mem: dict[str, int] = {}
-    if sampler:
+    with platform.compile_target(target, mesh):
         start = time.perf_counter()
-        unet_params = abstract_state.ema_params["unet"]
-        sampler_mem = _memory(
-            lower_sampler_step(config, mesh, unet_params, sample_batch_size).compile()
-        )
-        timings["sampler_step"] = time.perf_counter() - start
+        lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)
+        compiled = lowered.compile()
+        timings["train_step"] = time.perf_counter() - start
+        train_mem, train_cost = _memory(compiled), _cost(compiled)
+        sampler_mem: dict[str, int] = {}
+        sampler_cost: dict[str, float] = {}
+        if sampler:
+            start = time.perf_counter()
+            unet_params = abstract_state.ema_params["unet"]
+            compiled = lower_sampler_program(
+                config, mesh, unet_params, sample_batch_size, sampler_steps
+            ).compile()
+            sampler_mem, sampler_cost = _memory(compiled), _cost(compiled)
+            timings["sampler"] = time.perf_counter() - start
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
-    report = PreflightReport(
+    return PreflightReport(
         stage=str(config.stage.name),
         mesh=_mesh_sizes(mesh),
         batch_size=batch_size,
@@ -422,29 +461,58 @@ def preflight(
         compile_s={k: round(v, 2) for k, v in timings.items()},
         budget_label=budget[0] if budget else None,
         budget_bytes=budget[1] if budget else None,
+        platform=target,
+        topology=topology.name if topology else None,
+        train_cost=train_cost if target == "tpu" else {},
+        sampler_cost=sampler_cost if target == "tpu" else {},
+        sampler_steps=sampler_steps if sampler else 0,
+        chip=topology.chip if topology else None,
     )
-    return report
+
+
+def _program_lines(name: str, mem: dict[str, int], seconds: float) -> list[str]:
+    gib = lambda n: f"{n / 2**30:.4g} GiB"
+    return [
+        f"  {name:<11} {gib(mem.get('total_bytes', 0))} total = args "
+        f"{gib(mem.get('argument_bytes', 0))} + out {gib(mem.get('output_bytes', 0))} - aliased "
+        f"{gib(mem.get('alias_bytes', 0))} + temp {gib(mem.get('temp_bytes', 0))}; code "
+        f"{gib(mem.get('code_bytes', 0))} (compiled in {seconds:.1f} s)"
+    ]
 
 
 def format_report(report: PreflightReport) -> str:
-    """A few human-readable lines (GiB per device)."""
-    gib = lambda n: f"{n / 2**30:8.2f} GiB"
+    """A few human-readable lines (GiB per chip; FLOPs and roofline time on a TPU topology)."""
+    gib = lambda n: f"{n / 2**30:8.3f} GiB"
     mesh = " x ".join(f"{k}={v}" for k, v in report.mesh.items())
+    where = (
+        f"TPU compiler, {report.topology}"
+        if report.platform == "tpu"
+        else f"{report.platform.upper()} compiler on fake devices: an ESTIMATE of a TPU's memory"
+    )
     lines = [
         f"stage {report.stage}: {report.num_params / 1e9:.3f}B params, mesh {mesh}, "
-        f"train batch {report.batch_size}, sample batch {report.sample_batch_size}",
-        f"  params      {gib(report.params_bytes)} per device",
+        f"train batch {report.batch_size}, sample batch {report.sample_batch_size} ({where})",
+        f"  params      {gib(report.params_bytes)} per chip",
         f"  EMA params  {gib(report.ema_bytes)}",
         f"  optimizer   {gib(report.optimizer_bytes)}",
-        f"  train step  {gib(report.train.get('total_bytes', 0))} total, "
-        f"{gib(report.train_activation_bytes)} activations/temporaries "
-        f"(compiled in {report.compile_s.get('train_step', 0):.1f} s)",
+        *_program_lines("train step", report.train, report.compile_s.get("train_step", 0)),
     ]
     if report.sampler:
+        lines += _program_lines(
+            f"sampler/{report.sampler_steps}", report.sampler, report.compile_s.get("sampler", 0)
+        )
+    programs = (("train step", report.train_cost), ("sampler step", report.sampler_cost))
+    for name, cost in programs:
+        if cost:
+            lines.append(
+                f"  {name:<12} {cost['flops']:.4g} FLOP, {cost['bytes_accessed']:.4g} bytes "
+                f"accessed per chip, {cost['pallas_kernels']} Pallas kernels"
+            )
+    for name, roof in report.rooflines().items():
         lines.append(
-            f"  sampler step{gib(report.sampler.get('total_bytes', 0))} total, "
-            f"{gib(report.sampler.get('temp_bytes', 0))} temporaries "
-            f"(compiled in {report.compile_s.get('sampler_step', 0):.1f} s)"
+            f"  roofline {name}: {roof['step_s'] * 1e3:.4g} ms ({roof['bound']}-bound: compute "
+            f"{roof['compute_s'] * 1e3:.4g} ms, HBM {roof['memory_s'] * 1e3:.4g} ms), "
+            f"MFU <= {roof['mfu']:.1%} on {report.chip.name}"
         )
     if report.budget_bytes is not None:
         over = report.over_budget()

@@ -1,0 +1,67 @@
+"""The platform (and mesh) a model is being traced for, which "auto" implementation switches read.
+
+A program compiled ahead of time for a TPU topology is traced on a CPU host, so the host's
+`jax.default_backend()` is the wrong answer to "which conv / attention kernel should this use?".
+Code that lowers for another platform says so with `with compile_target("tpu", mesh):`; model
+code asks `target_platform()` / `target_mesh()`. Outside such a block the host's backend is the
+target and there is no mesh (the model is traced for whatever the caller's jit says).
+
+The target is read while a function is traced, so it must be set around `jit(...).lower()` (or
+the first call); a jitted function already traced for the same argument shapes and shardings is
+not traced again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+
+import jax
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    platform: str
+    mesh: jax.sharding.Mesh | None
+
+
+_TARGET: contextvars.ContextVar[_Target | None] = contextvars.ContextVar(
+    "t2v_jax_compile_target", default=None
+)
+
+
+def platform_of(mesh: jax.sharding.Mesh) -> str:
+    """The platform of a mesh's devices ("cpu", "gpu" or "tpu"; CUDA/ROCm devices are "gpu")."""
+    platform = mesh.devices.flat[0].platform
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+@contextlib.contextmanager
+def compile_target(platform: str, mesh: jax.sharding.Mesh | None = None) -> Iterator[None]:
+    """Within the block, models are traced for `platform` (and shard kernels over `mesh`)."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform: expected one of {', '.join(PLATFORMS)}, got {platform!r}")
+    token = _TARGET.set(_Target(platform, mesh))
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def target_platform() -> str:
+    """The platform being traced for: the innermost `compile_target`, else the host's backend."""
+    target = _TARGET.get()
+    if target is not None:
+        return target.platform
+    backend = jax.default_backend()
+    return "gpu" if backend in ("cuda", "rocm") else backend
+
+
+def target_mesh() -> jax.sharding.Mesh | None:
+    """The mesh given to the innermost `compile_target` (None outside one or when not given)."""
+    target = _TARGET.get()
+    return target.mesh if target is not None else None
