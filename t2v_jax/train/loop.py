@@ -33,6 +33,7 @@ import numpy as np
 from etils import epath
 
 from t2v_jax import configlib, distributed, paths, sharding
+from t2v_jax.models import platform
 from t2v_jax.train import checkpoint as ckpt_lib
 from t2v_jax.train import state as state_lib
 from t2v_jax.train import step as step_lib
@@ -331,7 +332,9 @@ def train(
         if on_metrics is not None:
             on_metrics(done_step, host)
 
-    with _SigtermFlag() as sigterm:
+    # Models traced inside pick their kernels ("auto" conv / attention) for the mesh's platform.
+    target = platform.compile_target(platform.platform_of(mesh), mesh)
+    with _SigtermFlag() as sigterm, target:
         while step < train_cfg.num_steps:
             batch = sharding.shard_host_batch(next(data), mesh)
             if jitted is None:
