@@ -2,8 +2,10 @@
 
 A `Stage` is a model config, its parameters and its sampling settings; a `Pipeline` chains them
 (base -> any sequence of temporal / spatial super-resolution stages, as Imagen Video's 7-stage
-cascade). Each stage's whole denoising loop is one jit-compiled `lax.scan`, compiled once per
-(batch, steps, guidance schedule) and reused. Batches are split over the mesh's batch axes, and
+cascade). Each stage's denoising loop runs as a few calls of one jit-compiled `lax.scan` over
+an equal share of its steps (compiled once per (batch, steps, guidance on/off) and reused); the
+host moves the progress bar between calls, so the compiled program holds no host callback and
+JAX's persistent compilation cache keeps it. Batches are split over the mesh's batch axes, and
 every sample's noise comes from `fold_in(fold_in(key(seed), stage), sample_index)`, so a video
 does not depend on the batch it was drawn in or on the number of devices.
 """
@@ -35,6 +37,19 @@ from t2v_jax.video_io import to_uint8
 
 # Seeds become PRNG keys through jax.random.key, which takes a uint32 seed.
 MAX_SEED = 2**32 - 1
+# Compiled calls per stage by default: the progress bar moves 8 times per stage, for a few ms
+# of dispatch per call (docs/sampling.md measures it).
+CALLS_PER_STAGE = 8
+
+
+def steps_per_call(num_steps: int, calls: int) -> int:
+    """Steps each compiled call runs: the largest divisor of num_steps <= num_steps // calls.
+
+    Every call has the same length, so one program per stage is compiled whatever the split;
+    a prime num_steps larger than `calls` runs one step per call.
+    """
+    target = max(1, num_steps // calls)
+    return max(d for d in range(1, target + 1) if num_steps % d == 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +242,8 @@ class Pipeline:
       text_encoder: the (frozen) `TextEncoder` whose embeddings every stage is conditioned on.
       stages: the base stage first, then SR stages in order; consecutive shapes must chain.
       mesh: where to sample; default: all devices as pure data parallelism.
+      calls_per_stage: each stage's loop is split into about this many compiled calls of equal
+        length (see `steps_per_call`); the progress bar moves between calls. 1 = one scan.
     """
 
     def __init__(
@@ -234,7 +251,12 @@ class Pipeline:
         text_encoder: TextEncoder,
         stages: Sequence[Stage],
         mesh: jax.sharding.Mesh | None = None,
+        calls_per_stage: int = CALLS_PER_STAGE,
     ):
+        if isinstance(calls_per_stage, bool) or not isinstance(calls_per_stage, int):
+            raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage!r}")
+        if calls_per_stage < 1:
+            raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage}")
         _check_chain(stages)
         for stage in stages:
             if stage.model.text_dim != text_encoder.d_model:
@@ -245,8 +267,8 @@ class Pipeline:
         self.text_encoder = text_encoder
         self.stages = list(stages)
         self.mesh = mesh or sharding.make_mesh(sharding.MeshConfig())
+        self.calls_per_stage = calls_per_stage
         self._compiled: dict[tuple, Any] = {}
-        self._progress_sink: Callable[[int, int, int], None] | None = None
 
     @property
     def fps(self) -> float:
@@ -262,18 +284,22 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------
     # The compiled per-stage sampler.
 
-    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool, progress: bool):
-        """jit-compiled `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low) -> video`.
+    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool):
+        """The jit-compiled program that runs `steps_per_call` denoising steps of stage `index`.
 
-        The guidance weights are traced inputs, so changing guidance_scale reuses the compiled
-        loop; only switching guidance on or off (w == 1 skips the unconditional half) recompiles.
+        `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
+        where state = (x, x0_prev) [B, T, H, W, C] each comes from `_init_fn` or the previous
+        call and `start` (int32, traced) is the first step's index. `sample` calls it
+        num_steps / steps_per_call times. The guidance weights are traced inputs, so changing
+        guidance_scale reuses the compiled loop; only switching guidance on or off (w == 1
+        skips the unconditional half) recompiles.
         """
-        key = (index, batch, num_steps, guided, progress)
+        key = (index, batch, num_steps, guided)
         if key in self._compiled:
             return self._compiled[key]
         stage = self.stages[index]
         cfg, module = stage.config, VideoUNet(stage.model)
-        shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
+        length = steps_per_call(num_steps, self.calls_per_stage)
 
         def model_fn(params, x, log_snr, cond):
             return module.apply(
@@ -286,11 +312,7 @@ class Pipeline:
                 cond_log_snr=cond.get("cond_log_snr"),
             )
 
-        def report(done, total):
-            if self._progress_sink is not None:
-                self._progress_sink(index, done, total)
-
-        def run(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low):
+        def run(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
             guidance = guidance_lib.GuidanceConfig(
                 weight=w if guided else 1.0,
                 schedule=cfg.guidance_schedule,
@@ -299,6 +321,7 @@ class Pipeline:
             )
             cond = {"text_emb": emb, "text_mask": mask}
             if low is not None:
+                # Recomputed by every call: cheap next to the U-Net, and it keeps one program.
                 up = upsample_video(
                     low,
                     (cfg.frames, cfg.height, cfg.width),
@@ -317,12 +340,14 @@ class Pipeline:
                     )
                 cond["cond_video"] = up
                 cond["cond_log_snr"] = lam
-            x = samplers.sample(
+            return samplers.sample_steps(
                 model_fn,
                 params,
                 keys,
                 cond,
-                shape,
+                state,
+                start,
+                length,
                 num_steps,
                 sampler=cfg.sampler,
                 schedule_cfg=cfg.schedule,
@@ -332,9 +357,7 @@ class Pipeline:
                 else {"text_emb": neg_emb, "text_mask": neg_mask},
                 thresholding=cfg.thresholding,
                 dynamic_percentile=cfg.dynamic_percentile,
-                progress_fn=report if progress else None,
             )
-            return jnp.clip(x, -1.0, 1.0)
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
         fn = jax.jit(
@@ -349,18 +372,55 @@ class Pipeline:
                 None if index == 0 else batch_sharded(5),
                 sharding.replicated(self.mesh),
                 sharding.replicated(self.mesh),
+                (batch_sharded(5), batch_sharded(5)),
+                sharding.replicated(self.mesh),
             ),
-            out_shardings=batch_sharded(5),
+            out_shardings=(batch_sharded(5), batch_sharded(5)),
         )
         self._compiled[key] = fn
         return fn
 
-    def _preflight(self, fn, args, stage_name: str, batch: int) -> None:
+    def _init_fn(self, index: int, batch: int):
+        """jit-compiled `keys -> state`: stage `index`'s initial noise as a sampler state."""
+        key = ("init", index, batch)
+        if key not in self._compiled:
+            stage = self.stages[index]
+            cfg = stage.config
+            shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
+            out = sharding.batch_sharding(self.mesh, len(shape))
+            self._compiled[key] = jax.jit(
+                lambda keys: samplers.init_state(keys, shape), out_shardings=(out, out)
+            )
+        return self._compiled[key]
+
+    def _run_stage(self, index: int, fn, args: tuple, num_steps: int, bar) -> jax.Array:
+        """Runs stage `index` as num_steps / steps_per_call calls of `fn`; returns x [B, ...].
+
+        Each call is queued before the previous one is waited on, so the device never idles
+        while the host moves the bar.
+        """
+        length = steps_per_call(num_steps, self.calls_per_stage)
+        state = self._init_fn(index, args[1].shape[0])(args[1])
+        pending = None
+        for start in range(0, num_steps, length):
+            state = fn(*args, state, np.int32(start))
+            if bar is not None:
+                if pending is not None:
+                    jax.block_until_ready(pending)
+                    bar.update(length)
+                pending = state
+        if bar is not None:
+            jax.block_until_ready(pending)
+            bar.update(length)
+        return jnp.clip(state[0], -1.0, 1.0)
+
+    def _preflight(self, index: int, fn, args, batch: int) -> None:
         """Refuses a stage whose compiled program cannot fit the device (where that is known)."""
         capacity = device_memory_bytes(self.mesh.devices.flat[0])
         if capacity is None:
             return
-        analysis = fn.lower(*args).compile().memory_analysis()
+        state = jax.eval_shape(self._init_fn(index, batch), args[1])
+        analysis = fn.lower(*args, state, np.int32(0)).compile().memory_analysis()
         if analysis is None:
             return
         needed = (
@@ -374,7 +434,7 @@ class Pipeline:
         per_device_batch = max(1, batch // sharding.batch_divisor(self.mesh))
         fits = int(per_device_batch * capacity / needed) * sharding.batch_divisor(self.mesh)
         raise MemoryPreflightError(
-            f"stage {stage_name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
+            f"stage {self.stages[index].config.name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
             f"device but the device has {capacity / 2**30:.2f} GiB; the largest batch that fits is "
             f"about {fits} (fewer prompts or num_videos_per_prompt)"
         )
@@ -451,10 +511,6 @@ class Pipeline:
         rows = jnp.arange(batch, dtype=jnp.uint32)
 
         bar = self._progress_bar(sum(steps)) if progress else None
-        offsets = np.cumsum([0, *steps])
-        self._progress_sink = (
-            (lambda i, done, total: bar.update(max(0, offsets[i] + done - bar.n))) if bar else None
-        )
         intermediates = {}
         low = None
         try:
@@ -470,11 +526,11 @@ class Pipeline:
                         rows
                     )
                 )
-                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity, bar is not None)
+                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity)
                 weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
                 args = (stage.params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
-                self._preflight(fn, args, stage.config.name, batch)
-                low = fn(*args)
+                self._preflight(i, fn, args, batch)
+                low = self._run_stage(i, fn, args, steps[i], bar)
                 if return_intermediates or callback is not None:
                     videos = to_uint8(np.asarray(low[:n]))
                     if return_intermediates:
@@ -482,7 +538,6 @@ class Pipeline:
                     if callback is not None:
                         callback(stage.config.name, steps[i], videos)
         finally:
-            self._progress_sink = None
             if bar is not None:
                 bar.close()
         out = to_uint8(np.asarray(low[:n]))
