@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import sharding
+from t2v_jax import pipeline_format, sharding
 from t2v_jax.diffusion import guidance as guidance_lib
 from t2v_jax.diffusion import samplers, schedules
 from t2v_jax.models.config import UNetConfig
@@ -546,10 +546,10 @@ class Pipeline:
     def save(
         self, path: str | os.PathLike, *, params_dtype: str = "float32", overwrite: bool = False
     ) -> pathlib.Path:
-        """Writes the pipeline to a folder that `load_pipeline(path)` restores (see pipeline_store)."""
-        from t2v_jax.pipeline_store import save_pipeline
-
-        return save_pipeline(self, path, params_dtype=params_dtype, overwrite=overwrite)
+        """Writes the pipeline to a folder that `load_pipeline(path)` restores (see pipeline_format)."""
+        return pipeline_format.save_pipeline(
+            self, path, params_dtype=params_dtype, overwrite=overwrite
+        )
 
     def _progress_bar(self, total: int):
         from tqdm.auto import tqdm

@@ -107,7 +107,8 @@ def _tiny_with_data(tmp_path):
 def test_export_pipeline_from_trained_stages(tmp_path):
     import ml_dtypes
 
-    from t2v_jax.pipeline_store import flatten_params, load_pipeline
+    from t2v_jax.pipeline_format import flatten_params
+    from t2v_jax.pipeline_store import load_pipeline
     from t2v_jax.train import run
 
     export = _tool("export_pipeline")
