@@ -312,7 +312,7 @@ class Pipeline:
                 cond_log_snr=cond.get("cond_log_snr"),
             )
 
-        def run(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
+        def stage_steps(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
             guidance = guidance_lib.GuidanceConfig(
                 weight=w if guided else 1.0,
                 schedule=cfg.guidance_schedule,
@@ -361,7 +361,7 @@ class Pipeline:
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
         fn = jax.jit(
-            run,
+            stage_steps,
             in_shardings=(
                 sharding.replicated(self.mesh),
                 batch_sharded(1),
@@ -388,9 +388,11 @@ class Pipeline:
             cfg = stage.config
             shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
             out = sharding.batch_sharding(self.mesh, len(shape))
-            self._compiled[key] = jax.jit(
-                lambda keys: samplers.init_state(keys, shape), out_shardings=(out, out)
-            )
+
+            def stage_init(keys):
+                return samplers.init_state(keys, shape)
+
+            self._compiled[key] = jax.jit(stage_init, out_shardings=(out, out))
         return self._compiled[key]
 
     def _run_stage(self, index: int, fn, args: tuple, num_steps: int, bar) -> jax.Array:
@@ -528,7 +530,10 @@ class Pipeline:
                 )
                 fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity)
                 weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
-                args = (stage.params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
+                # On the device once per stage, not once per call: host (numpy) params would
+                # be copied again by every call of the loop.
+                params = jax.device_put(stage.params, sharding.replicated(self.mesh))
+                args = (params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
                 self._preflight(i, fn, args, batch)
                 low = self._run_stage(i, fn, args, steps[i], bar)
                 if return_intermediates or callback is not None:
