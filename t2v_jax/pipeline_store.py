@@ -8,6 +8,7 @@ builds `cascade.Pipeline`s, so it sits above the cascade.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -84,23 +85,47 @@ def load_pipeline(path_or_name: str | os.PathLike = "shapes", *, mesh: Any = Non
     return cascade.Pipeline(encoder, stages, mesh=mesh)
 
 
+def expected_param_shapes(model: Any, config: Any) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the parameters a stage's model needs.
+
+    Finding them traces the model's init (seconds for the demo's three stages), so with a
+    compilation cache on the answer is memoized beside it, keyed by the configs and
+    `compile_cache.source_fingerprint()` (any code change recomputes it).
+    """
+    from t2v_jax import compile_cache
+    from t2v_jax.configlib import to_dict
+
+    folder = compile_cache.memo_dir("param_shapes")
+    file = None
+    if folder is not None:
+        key = json.dumps(
+            [to_dict(model), to_dict(config), compile_cache.source_fingerprint()], sort_keys=True
+        )
+        file = folder / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+        if file.is_file():
+            return {name: tuple(shape) for name, shape in json.loads(file.read_text()).items()}
+    specs = jax.eval_shape(
+        lambda: cascade.init_stage_params(model, config, model.text_dim, jax.random.key(0))
+    )
+    shapes = {name: tuple(spec.shape) for name, spec in flatten_params(specs).items()}
+    if file is not None:
+        compile_cache.write_memo(file, json.dumps(shapes))
+    return shapes
+
+
 def _checked_params(
     flat: dict[str, np.ndarray], model: Any, config: Any, file: pathlib.Path
 ) -> Any:
-    expected = flatten_params(
-        jax.eval_shape(
-            lambda: cascade.init_stage_params(model, config, model.text_dim, jax.random.key(0))
-        )
-    )
+    expected = expected_param_shapes(model, config)
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     if missing or extra:
         raise ValueError(
             f"{file}: parameters do not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
         )
-    for name, spec in expected.items():
-        if flat[name].shape != spec.shape:
+    for name, shape in expected.items():
+        if flat[name].shape != shape:
             raise ValueError(
-                f"{file}: {name} has shape {flat[name].shape}, the model needs {spec.shape}"
+                f"{file}: {name} has shape {flat[name].shape}, the model needs {shape}"
             )
     return jax.tree.map(lambda a: a.astype(np.float32), unflatten_params(flat))
