@@ -68,7 +68,7 @@ def sample(prompts, pipeline: str = "shapes", **kwargs):
     Returns:
       uint8 [len(prompts) * num_videos_per_prompt, T, H, W, 3].
     """
-    from t2v_jax.cascade import validate_sampling_args
+    from t2v_jax.sampling_args import validate_sampling_args
 
     # Check the cheap arguments before loading (and compiling) anything.
     validate_sampling_args(
