@@ -42,13 +42,23 @@ def __getattr__(name: str) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _cached_pipeline(path_or_name: str):
+    import jax
+
+    from t2v_jax.compile_cache import enable_compilation_cache
     from t2v_jax.pipeline_store import load_pipeline
 
+    # Like t2v-sample, reuse compiled samplers across processes, unless the caller already
+    # chose a cache folder.
+    if not jax.config.jax_compilation_cache_dir:
+        enable_compilation_cache()
     return load_pipeline(path_or_name)
 
 
 def sample(prompts, pipeline: str = "shapes", **kwargs):
     """Samples videos with a pipeline loaded once and cached (default: the embedded demo).
+
+    Turns on the persistent compilation cache (`compile_cache.enable_compilation_cache`, default
+    ~/.cache/t2v_jax/xla) unless `jax_compilation_cache_dir` is already set.
 
     Args:
       prompts: a prompt or a list of prompts.
@@ -58,7 +68,7 @@ def sample(prompts, pipeline: str = "shapes", **kwargs):
     Returns:
       uint8 [len(prompts) * num_videos_per_prompt, T, H, W, 3].
     """
-    from t2v_jax.cascade import validate_sampling_args
+    from t2v_jax.sampling_args import validate_sampling_args
 
     # Check the cheap arguments before loading (and compiling) anything.
     validate_sampling_args(

@@ -2,8 +2,10 @@
 
 A `Stage` is a model config, its parameters and its sampling settings; a `Pipeline` chains them
 (base -> any sequence of temporal / spatial super-resolution stages, as Imagen Video's 7-stage
-cascade). Each stage's whole denoising loop is one jit-compiled `lax.scan`, compiled once per
-(batch, steps, guidance schedule) and reused. Batches are split over the mesh's batch axes, and
+cascade). Each stage's denoising loop runs as a few calls of one jit-compiled `lax.scan` over
+an equal share of its steps (compiled once per (batch, steps, guidance on/off) and reused); the
+host moves the progress bar between calls, so the compiled program holds no host callback and
+JAX's persistent compilation cache keeps it. Batches are split over the mesh's batch axes, and
 every sample's noise comes from `fold_in(fold_in(key(seed), stage), sample_index)`, so a video
 does not depend on the batch it was drawn in or on the number of devices.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 import os
 import pathlib
 from collections.abc import Callable, Sequence
@@ -24,17 +25,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import sharding
+from t2v_jax import pipeline_format, sharding
 from t2v_jax.diffusion import guidance as guidance_lib
 from t2v_jax.diffusion import samplers, schedules
+from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
+from t2v_jax.sampling_args import validate_sampling_args
 from t2v_jax.text.encoder import TextEncoder
 from t2v_jax.upsample import upsample_video
 from t2v_jax.video_io import to_uint8
 
-# Seeds become PRNG keys through jax.random.key, which takes a uint32 seed.
-MAX_SEED = 2**32 - 1
+# Compiled calls per stage by default: the progress bar moves 8 times per stage, for a few ms
+# of dispatch per call (docs/sampling.md measures it).
+CALLS_PER_STAGE = 8
+
+
+def steps_per_call(num_steps: int, calls: int) -> int:
+    """Steps each compiled call runs: the largest divisor of num_steps <= num_steps // calls.
+
+    Every call has the same length, so one program per stage is compiled whatever the split;
+    a prime num_steps larger than `calls` runs one step per call.
+    """
+    target = max(1, num_steps // calls)
+    return max(d for d in range(1, target + 1) if num_steps % d == 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,69 +148,6 @@ def _check_chain(stages: Sequence[Stage]) -> None:
             )
 
 
-def validate_sampling_args(
-    prompts: Any,
-    negative_prompts: Any,
-    num_steps: Any,
-    guidance_scale: Any,
-    seed: Any,
-    num_videos_per_prompt: Any,
-) -> list[str]:
-    """Checks `Pipeline.sample`'s arguments before anything compiles; returns the prompts.
-
-    Raises:
-      ValueError: naming the argument and what is allowed.
-    """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, Sequence) or len(prompts) == 0:
-        raise ValueError(f"prompts: expected a non-empty list of strings, got {prompts!r}")
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise ValueError(
-            f"prompts: every prompt must be a str; item {bad[0]} is {type(prompts[bad[0]]).__name__}"
-        )
-    if negative_prompts is not None:
-        if isinstance(negative_prompts, str):
-            negative_prompts = [negative_prompts]
-        if not isinstance(negative_prompts, Sequence) or not all(
-            isinstance(p, str) for p in negative_prompts
-        ):
-            raise ValueError("negative_prompts: expected None, a str, or a list of str")
-        if len(negative_prompts) not in (1, len(prompts)):
-            raise ValueError(
-                f"negative_prompts: expected 1 or {len(prompts)} (one per prompt), "
-                f"got {len(negative_prompts)}"
-            )
-    steps = num_steps if isinstance(num_steps, Sequence) else [num_steps]
-    for s in steps:
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s <= 0):
-            raise ValueError(
-                f"num_steps: expected a positive int (or None for each stage's default), got {s!r}"
-            )
-    scales = guidance_scale if isinstance(guidance_scale, Sequence) else [guidance_scale]
-    for g in scales:
-        if g is not None and (
-            isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0
-        ):
-            raise ValueError(f"guidance_scale: expected a finite number >= 0 (or None), got {g!r}")
-    if (
-        isinstance(seed, bool)
-        or not isinstance(seed, int | np.integer)
-        or not 0 <= seed <= MAX_SEED
-    ):
-        raise ValueError(f"seed: expected an int in [0, {MAX_SEED}], got {seed!r}")
-    if (
-        isinstance(num_videos_per_prompt, bool)
-        or not isinstance(num_videos_per_prompt, int)
-        or num_videos_per_prompt <= 0
-    ):
-        raise ValueError(
-            f"num_videos_per_prompt: expected a positive int, got {num_videos_per_prompt!r}"
-        )
-    return list(prompts)
-
-
 def _per_stage(value: Any, stages: Sequence[Stage], name: str) -> list[Any]:
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != len(stages):
@@ -227,6 +178,8 @@ class Pipeline:
       text_encoder: the (frozen) `TextEncoder` whose embeddings every stage is conditioned on.
       stages: the base stage first, then SR stages in order; consecutive shapes must chain.
       mesh: where to sample; default: all devices as pure data parallelism.
+      calls_per_stage: each stage's loop is split into about this many compiled calls of equal
+        length (see `steps_per_call`); the progress bar moves between calls. 1 = one scan.
     """
 
     def __init__(
@@ -234,7 +187,12 @@ class Pipeline:
         text_encoder: TextEncoder,
         stages: Sequence[Stage],
         mesh: jax.sharding.Mesh | None = None,
+        calls_per_stage: int = CALLS_PER_STAGE,
     ):
+        if isinstance(calls_per_stage, bool) or not isinstance(calls_per_stage, int):
+            raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage!r}")
+        if calls_per_stage < 1:
+            raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage}")
         _check_chain(stages)
         for stage in stages:
             if stage.model.text_dim != text_encoder.d_model:
@@ -245,8 +203,8 @@ class Pipeline:
         self.text_encoder = text_encoder
         self.stages = list(stages)
         self.mesh = mesh or sharding.make_mesh(sharding.MeshConfig())
+        self.calls_per_stage = calls_per_stage
         self._compiled: dict[tuple, Any] = {}
-        self._progress_sink: Callable[[int, int, int], None] | None = None
 
     @property
     def fps(self) -> float:
@@ -262,18 +220,22 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------
     # The compiled per-stage sampler.
 
-    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool, progress: bool):
-        """jit-compiled `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low) -> video`.
+    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool):
+        """The jit-compiled program that runs `steps_per_call` denoising steps of stage `index`.
 
-        The guidance weights are traced inputs, so changing guidance_scale reuses the compiled
-        loop; only switching guidance on or off (w == 1 skips the unconditional half) recompiles.
+        `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
+        where state = (x, x0_prev) [B, T, H, W, C] each comes from `_init_fn` or the previous
+        call and `start` (int32, traced) is the first step's index. `sample` calls it
+        num_steps / steps_per_call times. The guidance weights are traced inputs, so changing
+        guidance_scale reuses the compiled loop; only switching guidance on or off (w == 1
+        skips the unconditional half) recompiles.
         """
-        key = (index, batch, num_steps, guided, progress)
+        key = (index, batch, num_steps, guided)
         if key in self._compiled:
             return self._compiled[key]
         stage = self.stages[index]
         cfg, module = stage.config, VideoUNet(stage.model)
-        shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
+        length = steps_per_call(num_steps, self.calls_per_stage)
 
         def model_fn(params, x, log_snr, cond):
             return module.apply(
@@ -286,11 +248,7 @@ class Pipeline:
                 cond_log_snr=cond.get("cond_log_snr"),
             )
 
-        def report(done, total):
-            if self._progress_sink is not None:
-                self._progress_sink(index, done, total)
-
-        def run(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low):
+        def stage_steps(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
             guidance = guidance_lib.GuidanceConfig(
                 weight=w if guided else 1.0,
                 schedule=cfg.guidance_schedule,
@@ -299,6 +257,7 @@ class Pipeline:
             )
             cond = {"text_emb": emb, "text_mask": mask}
             if low is not None:
+                # Recomputed by every call: cheap next to the U-Net, and it keeps one program.
                 up = upsample_video(
                     low,
                     (cfg.frames, cfg.height, cfg.width),
@@ -317,12 +276,14 @@ class Pipeline:
                     )
                 cond["cond_video"] = up
                 cond["cond_log_snr"] = lam
-            x = samplers.sample(
+            return samplers.sample_steps(
                 model_fn,
                 params,
                 keys,
                 cond,
-                shape,
+                state,
+                start,
+                length,
                 num_steps,
                 sampler=cfg.sampler,
                 schedule_cfg=cfg.schedule,
@@ -332,13 +293,11 @@ class Pipeline:
                 else {"text_emb": neg_emb, "text_mask": neg_mask},
                 thresholding=cfg.thresholding,
                 dynamic_percentile=cfg.dynamic_percentile,
-                progress_fn=report if progress else None,
             )
-            return jnp.clip(x, -1.0, 1.0)
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
         fn = jax.jit(
-            run,
+            stage_steps,
             in_shardings=(
                 sharding.replicated(self.mesh),
                 batch_sharded(1),
@@ -349,41 +308,91 @@ class Pipeline:
                 None if index == 0 else batch_sharded(5),
                 sharding.replicated(self.mesh),
                 sharding.replicated(self.mesh),
+                (batch_sharded(5), batch_sharded(5)),
+                sharding.replicated(self.mesh),
             ),
-            out_shardings=batch_sharded(5),
+            out_shardings=(batch_sharded(5), batch_sharded(5)),
         )
         self._compiled[key] = fn
         return fn
 
     def stage_program(self, index: int, batch: int, num_steps: int, guided: bool):
-        """The jitted function `sample` calls for stage `index` (without the progress callback).
+        """The jitted function `sample` calls for stage `index`, one chunk of steps per call.
 
-        `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low) -> video [B, T, H, W, C]`,
-        with the shardings `sample` uses; tools lower and compile it ahead of time
-        (t2v_jax/perf/aot.py) so that what they measure is what `sample` runs.
+        `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
+        with the shardings `sample` uses (`state` is `samplers.init_state`'s, `start` an int32
+        step index); tools lower and compile it ahead of time (t2v_jax/perf/aot.py) so that what
+        they measure is what `sample` runs.
         """
-        return self._stage_fn(index, batch, num_steps, guided, progress=False)
+        return self._stage_fn(index, batch, num_steps, guided)
 
-    def _preflight(self, fn, args, stage_name: str, batch: int) -> None:
-        """Refuses a stage whose compiled program cannot fit the device (where that is known)."""
-        capacity = device_memory_bytes(self.mesh.devices.flat[0])
-        if capacity is None:
-            return
-        analysis = fn.lower(*args).compile().memory_analysis()
+    def _init_fn(self, index: int, batch: int):
+        """jit-compiled `keys -> state`: stage `index`'s initial noise as a sampler state."""
+        key = ("init", index, batch)
+        if key not in self._compiled:
+            stage = self.stages[index]
+            cfg = stage.config
+            shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
+            out = sharding.batch_sharding(self.mesh, len(shape))
+
+            def stage_init(keys):
+                return samplers.init_state(keys, shape)
+
+            self._compiled[key] = jax.jit(stage_init, out_shardings=(out, out))
+        return self._compiled[key]
+
+    def _compile_target(self):
+        """Stages are traced for the mesh's platform ("auto" kernels: Pallas attention on TPU)."""
+        return platform.compile_target(platform.platform_of(self.mesh), self.mesh)
+
+    def _run_stage(self, index: int, fn, args: tuple, num_steps: int, bar) -> jax.Array:
+        """Runs stage `index` as num_steps / steps_per_call calls of `fn`; returns x [B, ...].
+
+        Each call is queued before the previous one is waited on, so the device never idles
+        while the host moves the bar.
+        """
+        length = steps_per_call(num_steps, self.calls_per_stage)
+        state = self._init_fn(index, args[1].shape[0])(args[1])
+        pending = None
+        for start in range(0, num_steps, length):
+            with self._compile_target():  # the first call traces
+                state = fn(*args, state, np.int32(start))
+            if bar is not None:
+                if pending is not None:
+                    jax.block_until_ready(pending)
+                    bar.update(length)
+                pending = state
+        if bar is not None:
+            jax.block_until_ready(pending)
+            bar.update(length)
+        return jnp.clip(state[0], -1.0, 1.0)
+
+    def _program_bytes(self, index: int, fn, args, batch: int) -> int | None:
+        """Device memory one call of stage `index`'s program needs (None: not reported)."""
+        state = jax.eval_shape(self._init_fn(index, batch), args[1])
+        with self._compile_target():
+            analysis = fn.lower(*args, state, np.int32(0)).compile().memory_analysis()
         if analysis is None:
-            return
-        needed = (
+            return None
+        return (
             analysis.argument_size_in_bytes
             + analysis.output_size_in_bytes
             + analysis.temp_size_in_bytes
             - analysis.alias_size_in_bytes
         )
-        if needed <= capacity:
+
+    def _preflight(self, index: int, fn, args, batch: int) -> None:
+        """Refuses a stage whose compiled program cannot fit the device (where that is known)."""
+        capacity = device_memory_bytes(self.mesh.devices.flat[0])
+        if capacity is None:
+            return
+        needed = self._program_bytes(index, fn, args, batch)
+        if needed is None or needed <= capacity:
             return
         per_device_batch = max(1, batch // sharding.batch_divisor(self.mesh))
         fits = int(per_device_batch * capacity / needed) * sharding.batch_divisor(self.mesh)
         raise MemoryPreflightError(
-            f"stage {stage_name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
+            f"stage {self.stages[index].config.name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
             f"device but the device has {capacity / 2**30:.2f} GiB; the largest batch that fits is "
             f"about {fits} (fewer prompts or num_videos_per_prompt)"
         )
@@ -460,10 +469,6 @@ class Pipeline:
         rows = jnp.arange(batch, dtype=jnp.uint32)
 
         bar = self._progress_bar(sum(steps)) if progress else None
-        offsets = np.cumsum([0, *steps])
-        self._progress_sink = (
-            (lambda i, done, total: bar.update(max(0, offsets[i] + done - bar.n))) if bar else None
-        )
         intermediates = {}
         low = None
         try:
@@ -479,11 +484,14 @@ class Pipeline:
                         rows
                     )
                 )
-                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity, bar is not None)
+                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity)
                 weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
-                args = (stage.params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
-                self._preflight(fn, args, stage.config.name, batch)
-                low = fn(*args)
+                # On the device once per stage, not once per call: host (numpy) params would
+                # be copied again by every call of the loop.
+                params = jax.device_put(stage.params, sharding.replicated(self.mesh))
+                args = (params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
+                self._preflight(i, fn, args, batch)
+                low = self._run_stage(i, fn, args, steps[i], bar)
                 if return_intermediates or callback is not None:
                     videos = to_uint8(np.asarray(low[:n]))
                     if return_intermediates:
@@ -491,7 +499,6 @@ class Pipeline:
                     if callback is not None:
                         callback(stage.config.name, steps[i], videos)
         finally:
-            self._progress_sink = None
             if bar is not None:
                 bar.close()
         out = to_uint8(np.asarray(low[:n]))
@@ -500,10 +507,10 @@ class Pipeline:
     def save(
         self, path: str | os.PathLike, *, params_dtype: str = "float32", overwrite: bool = False
     ) -> pathlib.Path:
-        """Writes the pipeline to a folder that `load_pipeline(path)` restores (see pipeline_store)."""
-        from t2v_jax.pipeline_store import save_pipeline
-
-        return save_pipeline(self, path, params_dtype=params_dtype, overwrite=overwrite)
+        """Writes the pipeline to a folder that `load_pipeline(path)` restores (see pipeline_format)."""
+        return pipeline_format.save_pipeline(
+            self, path, params_dtype=params_dtype, overwrite=overwrite
+        )
 
     def _progress_bar(self, total: int):
         from tqdm.auto import tqdm

@@ -1,9 +1,12 @@
-"""The persistent XLA compilation cache, so a second process skips recompiling the same programs."""
+"""The persistent caches: XLA's compilation cache, and t2v_jax's small memos kept beside it."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import pathlib
+import tempfile
 
 import jax
 
@@ -25,3 +28,39 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return path
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """A hash of t2v_jax's Python sources and the jax / flax versions (a few ms, once).
+
+    Memos keyed by it are recomputed after any code change, so they can never go stale.
+    """
+    import flax
+
+    digest = hashlib.sha256(f"{jax.__version__} {flax.__version__}".encode())
+    package = pathlib.Path(__file__).resolve().parent
+    for file in sorted(package.rglob("*.py")):
+        digest.update(str(file.relative_to(package)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def memo_dir(name: str) -> pathlib.Path | None:
+    """`<compilation cache>/t2v_jax_<name>/` for t2v_jax's own memos; None when no cache is on.
+
+    A subfolder, so JAX's cache (which only touches its own `*-cache` files) ignores it.
+    """
+    root = jax.config.jax_compilation_cache_dir
+    if not root or not jax.config.jax_enable_compilation_cache:
+        return None
+    return pathlib.Path(root) / f"t2v_jax_{name}"
+
+
+def write_memo(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` atomically (a temporary file renamed), so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -65,6 +65,47 @@ def test_samples_end_to_end_with_progress_and_callback(pipe):
     np.testing.assert_array_equal(inter["ssr"], videos)
 
 
+def test_steps_per_call_divides_the_steps():
+    assert [cascade.steps_per_call(n, 8) for n in (32, 16, 20, 31, 4, 1)] == [4, 2, 2, 1, 1, 1]
+    assert cascade.steps_per_call(32, 1) == 32
+    with pytest.raises(ValueError, match="calls_per_stage"):
+        cascade.Pipeline(None, [], calls_per_stage=0)
+
+
+def test_chunked_stages_equal_one_scan_and_hold_no_host_callback(pipe, monkeypatch):
+    """Progress comes from the host between calls: same videos as one scan per stage."""
+    one_scan = cascade.Pipeline(pipe.text_encoder, pipe.stages, pipe.mesh, calls_per_stage=1)
+    bars = []
+    monkeypatch.setattr(
+        cascade.Pipeline, "_progress_bar", lambda self, total: bars.append(_Bar(total)) or bars[-1]
+    )
+    chunked = pipe.sample(PROMPTS[:2], seed=5, num_steps=4, guidance_scale=2.0)
+    whole = one_scan.sample(PROMPTS[:2], seed=5, num_steps=4, guidance_scale=2.0, progress=False)
+    np.testing.assert_array_equal(chunked, whole)
+    assert bars[0].n == bars[0].total == 12 and bars[0].updates == 12  # 1 step per call here
+    # One program per stage, whatever the number of calls; no host callback in it.
+    programs = [k for k in pipe._compiled if k[:1] != ("init",) and k[2] == 4 and k[3]]
+    assert sorted(k[0] for k in programs) == [0, 1, 2]
+    fn = pipe._stage_fn(0, 2, 4, True)
+    keys = jax.random.split(jax.random.key(0), 2)
+    emb, mask = pipe.text_encoder.encode(["a", "b"])
+    args = (pipe.stages[0].params, keys, emb, mask, emb, mask, None, np.float32(2), np.float32(1))
+    state = jax.eval_shape(pipe._init_fn(0, 2), keys)
+    assert "callback" not in fn.lower(*args, state, np.int32(0)).as_text()
+
+
+class _Bar:
+    def __init__(self, total):
+        self.total, self.n, self.updates = total, 0, 0
+
+    def update(self, k):
+        self.n += k
+        self.updates += 1
+
+    def close(self):
+        pass
+
+
 def test_same_seed_same_video_whatever_the_batch(pipe):
     together = pipe.sample(PROMPTS, seed=11, num_steps=2, progress=False)
     first = pipe.sample(PROMPTS[:1], seed=11, num_steps=2, progress=False)
@@ -168,12 +209,8 @@ def _stage_bytes(pipe, monkeypatch, batch: int) -> int:
     """The most device memory any stage's compiled sampler needs for `batch` prompts."""
     needed = []
 
-    def measure(self, fn, args, stage_name, batch):
-        analysis = fn.lower(*args).compile().memory_analysis()
-        needed.append(
-            analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-            + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes
-        )  # fmt: skip
+    def measure(self, index, fn, args, batch):
+        needed.append(self._program_bytes(index, fn, args, batch))
 
     with monkeypatch.context() as patch:
         patch.setattr(cascade.Pipeline, "_preflight", measure)

@@ -282,12 +282,25 @@ def test_ddim_eta_adds_noise_and_eta_one_is_ancestral():
     np.testing.assert_allclose(eta1, ddpm, atol=2e-5)
 
 
-def test_progress_callback_and_validation():
-    seen = []
-    f = _jit_sample(gaussian_v(0.0, 0.5), progress_fn=lambda i, n: seen.append((i, n)))
-    jax.block_until_ready(f(_keys(2), {}, (2, 3), 5))
-    jax.effects_barrier()
-    assert sorted(seen) == [(i, 5) for i in range(1, 6)]
+@pytest.mark.parametrize(
+    "sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 0.0), ("dpmpp_2m", 0.0)]
+)
+def test_steps_in_chunks_equal_one_scan(sampler, eta):
+    """The host-driven chunked loop (progress between calls) is the one-scan run, bit for bit."""
+    model, keys, shape, n = gaussian_v(0.3, 0.5), _keys(3), (3, 2, 4), 6
+    kw = dict(sampler=sampler, eta=eta, guidance=None)
+    whole = np.asarray(_jit_sample(model, **kw)(keys, {}, shape, n))
+    chunk = jax.jit(
+        lambda state, start: samplers.sample_steps(model, None, keys, {}, state, start, 2, n, **kw)
+    )
+    state = samplers.init_state(keys, shape)
+    for start in range(0, n, 2):
+        state = chunk(state, np.int32(start))  # one compiled program for every chunk
+    np.testing.assert_array_equal(np.asarray(state[0]), whole)
+    assert chunk._cache_size() == 1
+
+
+def test_validation():
     with pytest.raises(ValueError, match="sampler"):
         samplers.sample(gaussian_v(0.0, 0.5), None, _keys(2), {}, (2, 3), 4, sampler="euler")
     with pytest.raises(ValueError, match="rngs"):

@@ -140,3 +140,23 @@ def test_warm_start_from_a_bucket_reads_the_bucket(fake_gcs):
     fake_gcs.pipe("gs://bucket/other/README", b"not a run")
     with pytest.raises(ValueError, match="init_from='gs://bucket/other': no checkpoints/"):
         loop._warm_start(None, "gs://bucket/other", loop.ckpt_lib.CheckpointConfig())
+
+
+def test_pipeline_saves_to_and_loads_from_a_bucket(fake_gcs, tmp_path, monkeypatch):
+    from t2v_jax import pipeline_store
+    from t2v_jax.perf.bench import save_tiny_pipeline
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the local copy of the bucket folder
+    save_tiny_pipeline(str(tmp_path / "tiny"))
+    pipe = pipeline_store.load_pipeline(str(tmp_path / "tiny"))
+    pipe.save("gs://bucket/pipes/tiny")
+    assert fake_gcs.exists("gs://bucket/pipes/tiny/pipeline.json")
+    with pytest.raises(ValueError, match="already exists"):
+        pipe.save("gs://bucket/pipes/tiny")  # nothing a user saved is overwritten unasked
+    again = pipeline_store.load_pipeline("gs://bucket/pipes/tiny")
+    for a, b in zip(pipe.stages, again.stages, strict=True):
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="holds no pipeline.json"):
+        pipeline_store.load_pipeline("gs://bucket/pipes/missing")
+    assert not os.path.exists("gs:")

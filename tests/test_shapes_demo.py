@@ -134,7 +134,8 @@ def test_export_pipeline_from_stage_checkpoints(tmp_path):
     training adds minutes of compiles and nothing the export reads.)"""
     import ml_dtypes
 
-    from t2v_jax.pipeline_store import flatten_params, load_pipeline
+    from t2v_jax.pipeline_format import flatten_params
+    from t2v_jax.pipeline_store import load_pipeline
 
     export = _tool("export_pipeline")
     config_file = _tiny_with_data(tmp_path)

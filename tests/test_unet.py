@@ -9,6 +9,7 @@ persistent compilation cache makes nearly free on a second run.
 import dataclasses
 import functools
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -372,3 +373,19 @@ def test_temporal_downsampling_shapes():
     assert jax.eval_shape(VideoUNet(cfg).apply, params, *args).shape == (B, T, H, W, 3)
     with pytest.raises(ValueError, match="frames must be a multiple of 2"):
         jax.eval_shape(VideoUNet(cfg).init, jax.random.key(0), *_inputs(cfg, t=3)[0])
+
+
+def test_apply_checks_param_shapes_without_tracing_initializers(monkeypatch):
+    args, kwargs = _inputs(BASE)
+    boxed = _abstract_params(BASE)["params"]  # LogicallyPartitioned leaves, as init returns
+    apply = functools.partial(VideoUNet(BASE).apply, **kwargs)
+    assert jax.eval_shape(apply, {"params": boxed}, *args).shape == args[0].shape
+    flat = flax.traverse_util.flatten_dict(nn.unbox(boxed))
+    name = next(k for k in flat if k[-1] == "kernel")
+    flat[name] = jax.ShapeDtypeStruct((*flat[name].shape[:-1], flat[name].shape[-1] + 1), "f4")
+    bad = flax.traverse_util.unflatten_dict(flat)
+    with pytest.raises(ValueError, match=rf"{'/'.join(name)}: has shape .* the model needs"):
+        jax.eval_shape(apply, {"params": bad}, *args)
+    # Applying never traces an initializer (flax's own per-param check would, for each one).
+    monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: pytest.fail("eval_shape in apply"))
+    jax.jit(apply).trace({"params": nn.unbox(boxed)}, *args)

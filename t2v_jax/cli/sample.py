@@ -47,7 +47,7 @@ def output_paths(out: str, count: int) -> list[pathlib.Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from t2v_jax.cascade import validate_sampling_args
+    from t2v_jax.sampling_args import validate_sampling_args
 
     try:
         prompts = validate_sampling_args(

@@ -9,7 +9,7 @@ change with the batch size or the number of devices the batch is sharded over.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
@@ -137,6 +137,121 @@ def _check_rngs(rngs: jax.Array, batch: int) -> None:
         )
 
 
+def _check_options(sampler: str, thresholding: str, eta: float | jax.Array) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if thresholding not in ("none", "static", "dynamic"):
+        raise ValueError(
+            f"thresholding: {thresholding!r} is not one of 'none', 'static', 'dynamic'"
+        )
+    concrete_eta = isinstance(eta, int | float)
+    if concrete_eta and not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if sampler != "ddim" and not (concrete_eta and eta == 0.0):
+        raise ValueError(f"eta only applies to sampler='ddim', got eta={eta} with {sampler!r}")
+
+
+def init_state(
+    rngs: jax.Array, shape: tuple[int, ...], x_init: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """The sampler state before step 0: (x, x0_prev), both [B, ...].
+
+    x is the initial noise drawn from `rngs` (or `x_init`); x0_prev, the previous step's x0
+    prediction (read by DPM-Solver++(2M) only), starts as a copy of x.
+    """
+    shape = tuple(shape)
+    _check_rngs(rngs, shape[0])
+    if x_init is None:
+        init_keys = jax.vmap(jax.random.split)(rngs)[:, 0]  # [B] keys
+        x_init = per_sample_normal(init_keys, shape)  # [B, ...]
+    elif x_init.shape != shape:
+        raise ValueError(f"x_init: expected shape {shape}, got {x_init.shape}")
+    return x_init, x_init
+
+
+def sample_steps(
+    model_fn: guidance_lib.ModelFn,
+    params: Any,
+    rngs: jax.Array,
+    cond: Mapping[str, Any],
+    state: tuple[jax.Array, jax.Array],
+    start: int | jax.Array,
+    length: int,
+    num_steps: int,
+    *,
+    sampler: SamplerName = "ddim",
+    schedule_cfg: schedules.ScheduleConfig | None = None,
+    eta: float | jax.Array = 0.0,
+    guidance: guidance_lib.GuidanceConfig | float | None = None,
+    uncond_cond: Mapping[str, Any] | None = None,
+    thresholding: guidance_lib.ThresholdMode = "none",
+    dynamic_percentile: float = 0.995,
+    timesteps_log_snr: jax.Array | None = None,
+    return_intermediates: bool = False,
+) -> tuple[jax.Array, jax.Array] | tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+    """Runs steps start, ..., start + length - 1 of a `num_steps`-step run as one `lax.scan`.
+
+    `sample` is `init_state` then all `num_steps` steps in one call; running them in several
+    calls (each from the state the previous one returned) gives the same result, because every
+    step reads its log-SNRs and noise by its absolute index. `start` may be traced, so one
+    compiled program serves every call of the same `length`: a host loop over such calls can
+    report progress between them while the compiled program holds no host callback (JAX's
+    persistent compilation cache does not store programs that have one).
+
+    Args:
+      state: (x, x0_prev) from `init_state` or from the previous call.
+      start: the index of the first step to run (int or traced int32 scalar).
+      length: how many steps this call runs (static).
+      num_steps: the whole run's number of steps (fixes the log-SNR grid).
+      The other arguments are those of `sample`.
+
+    Returns:
+      The new state (x, x0_prev), or (state, intermediates) when return_intermediates.
+    """
+    _check_options(sampler, thresholding, eta)
+    x_start, _ = state
+    _check_rngs(rngs, x_start.shape[0])
+    if timesteps_log_snr is None:
+        lams = sampling_log_snrs(num_steps, schedule_cfg or schedules.ScheduleConfig())
+    else:
+        lams = jnp.asarray(timesteps_log_snr, jnp.float32)
+        if lams.shape != (num_steps + 1,):
+            raise ValueError(
+                f"timesteps_log_snr: expected shape ({num_steps + 1},) for num_steps={num_steps}, "
+                f"got {lams.shape}"
+            )
+    step_fn = guidance_lib.guided_model_fn(model_fn, guidance, uncond_cond)
+    uses_noise = sampler == "ddpm" or (
+        sampler == "ddim" and not (isinstance(eta, int | float) and eta == 0.0)
+    )
+    step_keys = jax.vmap(jax.random.split)(rngs)[:, 1]  # [B] keys
+
+    def body(carry, i):
+        x, x0_prev = carry
+        # Step i's grid points by absolute index: the first step's "previous" is itself.
+        lam_prev, lam, lam_next = lams[jnp.maximum(i - 1, 0)], lams[i], lams[i + 1]
+        x0, eps = predict(step_fn, params, x, lam, cond, i, thresholding, dynamic_percentile)
+        noise = None
+        if uses_noise:
+            noise = per_sample_normal(
+                jax.vmap(lambda k: jax.random.fold_in(k, i))(step_keys), x.shape
+            )
+        if sampler == "ddim":
+            x_next = ddim_step(x, x0, eps, lam, lam_next, eta, noise)
+        elif sampler == "ddpm":
+            x_next = ddpm_step(x, x0, lam, lam_next, noise)
+        else:
+            first = (i == 0) | jnp.isposinf(lam_next)
+            x_next = dpmpp_2m_step(x, x0, x0_prev, lam_prev, lam, lam_next, first)
+        return (x_next, x0), ((x_next, x0) if return_intermediates else None)
+
+    steps = jnp.asarray(start, jnp.int32) + jnp.arange(length, dtype=jnp.int32)
+    new_state, traj = jax.lax.scan(body, state, steps)
+    if return_intermediates:
+        return new_state, {"x_t": traj[0], "x0_pred": traj[1]}
+    return new_state
+
+
 def sample(
     model_fn: guidance_lib.ModelFn,
     params: Any,
@@ -153,14 +268,14 @@ def sample(
     thresholding: guidance_lib.ThresholdMode = "none",
     dynamic_percentile: float = 0.995,
     timesteps_log_snr: jax.Array | None = None,
-    progress_fn: Callable[[int, int], None] | None = None,
     return_intermediates: bool = False,
     x_init: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Draws samples with one `lax.scan` over `num_steps` denoising steps.
 
     Jit it with `shape`, `num_steps` and the keyword options static (e.g. close over them with
-    functools.partial); compile time does not depend on `num_steps`.
+    functools.partial); compile time does not depend on `num_steps`. To report progress, run
+    the same steps in several calls of `sample_steps` instead (same result).
 
     Args:
       model_fn: `model_fn(params, x [B, ...], log_snr [B], cond) -> v [B, ...]` (v-prediction).
@@ -179,8 +294,6 @@ def sample(
       dynamic_percentile: the quantile used by dynamic thresholding.
       timesteps_log_snr: explicit grid [num_steps + 1] of log-SNR values, increasing; the last
         may be +inf (clean). Used for discrete-time parity with other implementations.
-      progress_fn: if given, called on the host as progress_fn(steps_done, num_steps) from
-        inside the scan (via jax.debug.callback, unordered).
       return_intermediates: also return {"x_t": [N, B, ...] (x after each step),
         "x0_pred": [N, B, ...] (the x0 prediction at each step)}.
       x_init: start from this [B, ...] array instead of drawing the initial noise from rngs.
@@ -188,61 +301,30 @@ def sample(
     Returns:
       x0 [B, ...], or (x0, intermediates) when return_intermediates.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if thresholding not in ("none", "static", "dynamic"):
-        raise ValueError(
-            f"thresholding: {thresholding!r} is not one of 'none', 'static', 'dynamic'"
-        )
-    concrete_eta = isinstance(eta, int | float)
-    if concrete_eta and not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-    if sampler != "ddim" and not (concrete_eta and eta == 0.0):
-        raise ValueError(f"eta only applies to sampler='ddim', got eta={eta} with {sampler!r}")
-    shape = tuple(shape)
-    _check_rngs(rngs, shape[0])
-    if timesteps_log_snr is None:
-        lams = sampling_log_snrs(num_steps, schedule_cfg or schedules.ScheduleConfig())
-    else:
-        lams = jnp.asarray(timesteps_log_snr, jnp.float32)
-        if lams.shape != (num_steps + 1,):
-            raise ValueError(
-                f"timesteps_log_snr: expected shape ({num_steps + 1},) for num_steps={num_steps}, "
-                f"got {lams.shape}"
-            )
-    step_fn = guidance_lib.guided_model_fn(model_fn, guidance, uncond_cond)
-    uses_noise = sampler == "ddpm" or (sampler == "ddim" and not (concrete_eta and eta == 0.0))
-
-    keys = jax.vmap(jax.random.split)(rngs)  # [B, 2] keys
-    init_keys, step_keys = keys[:, 0], keys[:, 1]
-    if x_init is None:
-        x_init = per_sample_normal(init_keys, shape)  # [B, ...]
-    elif x_init.shape != shape:
-        raise ValueError(f"x_init: expected shape {shape}, got {x_init.shape}")
-
-    def body(carry, xs):
-        x, x0_prev = carry
-        i, lam_prev, lam, lam_next = xs
-        x0, eps = predict(step_fn, params, x, lam, cond, i, thresholding, dynamic_percentile)
-        noise = None
-        if uses_noise:
-            noise = per_sample_normal(
-                jax.vmap(lambda k: jax.random.fold_in(k, i))(step_keys), shape
-            )
-        if sampler == "ddim":
-            x_next = ddim_step(x, x0, eps, lam, lam_next, eta, noise)
-        elif sampler == "ddpm":
-            x_next = ddpm_step(x, x0, lam, lam_next, noise)
-        else:
-            first = (i == 0) | jnp.isposinf(lam_next)
-            x_next = dpmpp_2m_step(x, x0, x0_prev, lam_prev, lam, lam_next, first)
-        if progress_fn is not None:
-            jax.debug.callback(lambda s: progress_fn(int(s) + 1, num_steps), i, ordered=False)
-        return (x_next, x0), ((x_next, x0) if return_intermediates else None)
-
-    steps = jnp.arange(num_steps, dtype=jnp.int32)
-    lam_prev = jnp.concatenate([lams[:1], lams[:-2]])
-    (x, _), traj = jax.lax.scan(body, (x_init, x_init), (steps, lam_prev, lams[:-1], lams[1:]))
+    _check_options(sampler, thresholding, eta)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    out = sample_steps(
+        model_fn,
+        params,
+        rngs,
+        cond,
+        init_state(rngs, shape, x_init),
+        0,
+        num_steps,
+        num_steps,
+        sampler=sampler,
+        schedule_cfg=schedule_cfg,
+        eta=eta,
+        guidance=guidance,
+        uncond_cond=uncond_cond,
+        thresholding=thresholding,
+        dynamic_percentile=dynamic_percentile,
+        timesteps_log_snr=timesteps_log_snr,
+        return_intermediates=return_intermediates,
+    )
     if return_intermediates:
-        return x, {"x_t": traj[0], "x0_pred": traj[1]}
+        (x, _), traj = out
+        return x, traj
+    x, _ = out
     return x

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from t2v_jax import cascade, configlib, sharding
+from t2v_jax.diffusion import samplers
 from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.perf import chips
@@ -290,7 +291,8 @@ def lower_sampler_program(
 
     The stage is put in a Pipeline on `mesh` with shapes-only parameters, so the program is
     exactly what `Pipeline.sample` runs: params replicated in fp32, the batch split over
-    (`data`, `fsdp`), the whole `lax.scan` over `num_steps`, guidance on. An SR stage sits
+    (`data`, `fsdp`), one call's chunk of the `lax.scan` over `num_steps` (the TPU compiler
+    costs a scan body once, so its figures are per denoising step), guidance on. An SR stage sits
     second, after a placeholder base stage of its input's size (never compiled), because
     the pipeline feeds the stage below's video only to stages after the first.
     """
@@ -317,7 +319,11 @@ def lower_sampler_program(
         low = sds((b, stage_cfg.low_frames, stage_cfg.low_height, stage_cfg.low_width, 3),
                   jnp.float32)  # fmt: skip
     weight = sds((), jnp.float32)
-    return fn.lower(params, keys, emb, mask, emb, mask, low, weight, weight)
+    # The sampler state the chunked calls carry, and the traced index of a call's first step.
+    shape = (b, stage_cfg.frames, stage_cfg.height, stage_cfg.width, model.out_channels)
+    state = jax.eval_shape(lambda k: samplers.init_state(k, shape), keys)
+    start = sds((), jnp.int32)
+    return fn.lower(params, keys, emb, mask, emb, mask, low, weight, weight, state, start)
 
 
 @dataclasses.dataclass

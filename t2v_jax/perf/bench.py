@@ -332,7 +332,7 @@ def bench_text_encoder(quick: bool, repeats: int, num_prompts: int = 32) -> dict
 
 def save_tiny_pipeline(path: str) -> None:
     """Writes configs/tiny.py's 3-stage cascade (host-drawn params) as a pipeline folder."""
-    from t2v_jax import cascade, configlib, pipeline_store
+    from t2v_jax import cascade, configlib, pipeline_format
     from t2v_jax.models import UNetConfig
 
     configs = [_stage_config(s, True) for s in ("base", "tsr", "ssr")]
@@ -344,7 +344,7 @@ def save_tiny_pipeline(path: str) -> None:
         init = functools.partial(cascade.init_stage_params, model, stage_cfg, encoder.d_model)
         params = host_random_params(jax.eval_shape(init, jax.random.key(0)), seed=i)
         stages.append(cascade.Stage(config=stage_cfg, model=model, params=params))
-    pipeline_store.save_pipeline(cascade.Pipeline(encoder, stages, one_device_mesh()), path)
+    pipeline_format.save_pipeline(cascade.Pipeline(encoder, stages, one_device_mesh()), path)
 
 
 def _timed_sample(pipe: Any, prompts: Sequence[str]) -> dict[str, Any]:
