@@ -165,12 +165,8 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as jax_distributed  # the client's barrier has no public API
-
     count = _barrier_counts[name] = _barrier_counts.get(name, 0) + 1
-    jax_distributed.global_state.client.wait_at_barrier(
-        f"t2v_{name}_{count}", int(timeout_s * 1000)
-    )
+    _client().wait_at_barrier(f"t2v_{name}_{count}", int(timeout_s * 1000))
 
 
 def compile_together(jitted, *args, name: str):
@@ -187,14 +183,47 @@ def compile_together(jitted, *args, name: str):
     return compiled
 
 
-def all_agree(value: bool) -> bool:
-    """True on every process iff `value` is True on every process (one small collective)."""
+def _client():
+    from jax._src import distributed as jax_distributed  # the client has no public API
+
+    return jax_distributed.global_state.client
+
+
+def _exchange(name: str, value: str, timeout_s: float = BARRIER_TIMEOUT_S) -> list[str]:
+    """Every process's `value` for this round of `name`, in process order.
+
+    Through the coordination service's key-value store, not a device collective: nothing is
+    compiled, and processes may arrive minutes apart (a device all-gather on CPU must assemble
+    within gloo's 30 s, and a host that skipped a collective the others ran would mismatch).
+    """
+    count = _barrier_counts[name] = _barrier_counts.get(name, 0) + 1
+    key = f"t2v/{name}/{count}"
+    client = _client()
+    client.key_value_set(f"{key}/{jax.process_index()}", value)
+    timeout_ms = int(timeout_s * 1000)
+    return [
+        client.blocking_key_value_get(f"{key}/{i}", timeout_ms) for i in range(jax.process_count())
+    ]
+
+
+def all_agree(value: bool, name: str = "agree") -> bool:
+    """True on every process iff `value` is True on every process.
+
+    Every process must call it the same number of times with the same `name`s, in order.
+    """
     if jax.process_count() == 1:
         return bool(value)
-    from jax.experimental import multihost_utils
+    return all(v == "1" for v in _exchange(name, "1" if value else "0"))
 
-    gathered = multihost_utils.process_allgather(np.asarray([bool(value)]))
-    return bool(np.all(gathered))
+
+def same_on_all_hosts(value: np.ndarray, name: str = "same") -> bool:
+    """Whether host array `value` is byte-identical on every process (compares digests)."""
+    if jax.process_count() == 1:
+        return True
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+    return len(set(_exchange(name, digest))) == 1
 
 
 def to_host(tree):
@@ -216,19 +245,6 @@ def to_host(tree):
     return jax.tree.map(one, tree)
 
 
-def same_on_all_hosts(value: np.ndarray) -> bool:
-    """Whether host array `value` is byte-identical on every process (compares digests)."""
-    if jax.process_count() == 1:
-        return True
-    import hashlib
-
-    from jax.experimental import multihost_utils
-
-    mine = np.frombuffer(hashlib.sha256(np.ascontiguousarray(value).tobytes()).digest(), np.uint8)
-    primary = np.asarray(multihost_utils.broadcast_one_to_all(mine))
-    return all_agree(bool(np.array_equal(primary, mine)))
-
-
 def check_shared_directory(path) -> None:
     """Raises unless a file that process 0 writes under `path` is visible to every process.
 
@@ -238,24 +254,18 @@ def check_shared_directory(path) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     from t2v_jax import paths
 
     directory = paths.as_path(path)
     # Process 0 picks the name, so the others look for exactly what it wrote.
-    token = uuid.uuid4().hex if is_primary() else ""
-    token = multihost_utils.broadcast_one_to_all(
-        np.frombuffer(token.encode().ljust(32), dtype=np.uint8)
-    )
-    marker = directory / f".shared_check_{bytes(np.asarray(token)).decode().strip()}"
+    token = _exchange("shared_check_token", uuid.uuid4().hex if is_primary() else "")[0]
+    marker = directory / f".shared_check_{token}"
     if is_primary():
         directory.mkdir(parents=True, exist_ok=True)
         marker.write_text("written by process 0")
-    barrier("t2v_shared_check_written")
+    barrier("shared_check_written")
     visible = marker.exists()
-    everyone = all_agree(visible)
-    barrier("t2v_shared_check_read")
+    everyone = all_agree(visible, "shared_check_seen")
     if is_primary():
         marker.unlink()
     if not everyone:

@@ -9,6 +9,7 @@ every checkpoint crosses the process boundary.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,25 @@ def test_kill_both_hosts_mid_save_then_resume_bitwise(reference, tmp_path, env):
     for key in straight:
         np.testing.assert_array_equal(rerun[key], straight[key], err_msg=key)
     print(f"killed during an async save: {caught_in_save}; resumed from step {resumed_from}")
+
+
+def test_a_step_unreadable_on_one_host_is_skipped_by_both(reference, tmp_path, env):
+    """Step 12's data position is missing for process 1 only: both hosts agree the step is
+    unusable (no host waits in a barrier the other never reaches), fall back to step 8, and
+    retrain to a state bitwise equal to the uninterrupted run's."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference["workdir"], workdir)
+    os.remove(workdir / "checkpoints" / "12" / "data" / "process_1-of-2.json")
+    argv = _argv(workdir, reference["data_dir"], extra=["--config.log.sample_every_steps=6"])
+    results = _pod(argv, env, str(tmp_path / "logs"))
+    assert "finished at step 12 (resumed from step 8, 4 steps run)" in results[0].log, results[
+        0
+    ].log[-2000:]
+    assert len(os.listdir(workdir / "checkpoints_corrupt")) == 1
+    _, rerun = _final_state(str(workdir))
+    _, straight = _final_state(reference["workdir"])
+    for key in straight:
+        np.testing.assert_array_equal(rerun[key], straight[key], err_msg=key)
 
 
 def test_sigterm_to_one_host_stops_both_at_the_same_step(reference, tmp_path, env):

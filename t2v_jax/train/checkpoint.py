@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint import multihost
 
 from t2v_jax import distributed
 
@@ -249,11 +248,13 @@ class Checkpointer:
         """
         for step in reversed(self.all_steps()):
             try:
+                # The state (and its fingerprint, a program over arrays that may span hosts)
+                # first, on every host alike; this host's own data position after, so that a
+                # host missing only its file fails after the shared work, not inside it.
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state),
-                        data=DataStateRestore(),
                         meta=ocp.args.JsonRestore(),
                     ),
                 )
@@ -264,15 +265,18 @@ class Checkpointer:
                     raise ValueError(
                         "restored values do not match the fingerprints saved with them"
                     )
+                # Read directly, not through the manager: orbax ends a restore with a barrier
+                # that a host whose own file is missing would never reach.
+                data = DataStateHandler().restore(self.directory / str(step) / "data")
                 error = None
             # Any failure to read a step means the step is unusable, whatever layer (tensorstore,
             # JSON, orbax metadata) noticed it; the message is kept for the warning.
             except Exception as e:
                 error = e
-            if not distributed.all_agree(error is None):
+            if not distributed.all_agree(error is None, "checkpoint_restored"):
                 self._unusable(step, error or RuntimeError("it failed to restore on another host"))
                 continue
-            return Restored(step, restored["state"], restored["data"], meta)
+            return Restored(step, restored["state"], data, meta)
         return None
 
     def restore_latest_subtrees(
@@ -310,7 +314,7 @@ class Checkpointer:
                 error = None
             except Exception as e:
                 error = e
-            if not distributed.all_agree(error is None):
+            if not distributed.all_agree(error is None, "checkpoint_restored"):
                 self._unusable(step, error or RuntimeError("it failed to restore on another host"))
                 continue
             return step, out
@@ -333,10 +337,10 @@ class Checkpointer:
             "checkpoint step %d in %s is unusable (%s); moved it to %s; %s",
             step, self.directory, reason.splitlines()[0][:500], target, fallback,
         )  # fmt: skip
-        if multihost.is_primary_host(0):
+        if distributed.is_primary():
             target.parent.mkdir(parents=True, exist_ok=True)
             (self.directory / str(step)).rename(target)
-        multihost.sync_global_processes(f"t2v_quarantine_{step}")
+        distributed.barrier("checkpoint_quarantined")
         self.manager.reload()
 
     def wait(self) -> None:
