@@ -358,7 +358,7 @@ def save_caption_embeddings(path: str, captions: Sequence[str], cache: Any) -> N
     if len(captions) != len(cache):
         raise ValueError(f"captions has {len(captions)} entries, the cache {len(cache)} rows")
     with tempfile.TemporaryDirectory() as tmp:
-        local = paths.stage_local(path) if not paths.is_url(path) else tmp
+        local = tmp if paths.is_url(path) else os.path.expanduser(path)
         os.makedirs(local, exist_ok=True)
         cache_lib.save_embedding_cache(os.path.join(local, EMBEDDINGS_FILE), cache)
         with open(os.path.join(local, CAPTIONS_FILE), "w", encoding="utf-8") as f:

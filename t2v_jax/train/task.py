@@ -210,9 +210,12 @@ def diffusion_task(config: Any) -> loop.Task:
             null_cond=None if joint_text else null_cond,
         )  # fmt: skip
 
+    # Once per task: the in-loop sampler's setup and the training iterator both need the data.
+    prepare = functools.cache(lambda: _prepare_once(data_cfg))
+
     def make_iterator(seed=None, worker_count=0):
         seed = config.get("seed", 0) if seed is None else seed
-        _prepare_once(data_cfg)
+        prepare()
         return pipeline.make_train_iterator(
             data_cfg, stage_cfg, text.tokenizer, seed=seed,
             batch_size=train_cfg.batch_size // jax.process_count(), worker_count=worker_count,
@@ -222,7 +225,7 @@ def diffusion_task(config: Any) -> loop.Task:
     if log_cfg.sample_every_steps:
         sample_fn = _make_sample_fn(
             config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, data_cfg, stage_cfg,
-            conditioning, apply_unet, encode, (frames, height, width),
+            prepare, conditioning, apply_unet, encode, (frames, height, width),
         )  # fmt: skip
     return loop.Task(init_params, loss_fn, make_iterator, sample_fn)
 
@@ -240,7 +243,7 @@ def _prepare_once(data_cfg: pipeline.DataConfig) -> None:
 
 
 def _make_sample_fn(config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, data_cfg,
-                    stage_cfg, conditioning, apply_unet, encode, size):  # fmt: skip
+                    stage_cfg, prepare, conditioning, apply_unet, encode, size):  # fmt: skip
     """EMA samples conditioned on a fixed held-aside batch (its captions; low-res for SR).
 
     The held batch is the first `num_samples` elements of a separate stream (seed + 1, so
@@ -249,7 +252,7 @@ def _make_sample_fn(config, log_cfg, unet_cfg, schedule_cfg, text, null_cond, da
     """
     sampling = config.get("sampling", {})
     n = log_cfg.num_samples
-    _prepare_once(data_cfg)
+    prepare()
     held = next(
         pipeline.make_train_iterator(
             data_cfg, stage_cfg, text.tokenizer, seed=config.get("seed", 0) + 1, batch_size=n,
