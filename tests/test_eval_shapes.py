@@ -148,6 +148,103 @@ def test_evaluate_scores_a_perfect_and_a_wrong_sampler():
     expected = np.mean([p.combo[0] == "red" for p in prompts])
     assert constant["accuracy"]["colour"] == pytest.approx(expected)
     assert "held-out" in shapes_eval.format_table(constant)
+    # Colour fidelity: the renders are the palette colours (delta E 0); the constant red video
+    # is within the target only for red prompts, and 45 from orange (palette RGB, CIELAB).
+    assert perfect["colour_delta_e"]["all"]["within_target"] == 1.0
+    assert perfect["colour_delta_e"]["all"]["max"] < 1.0
+    assert constant["colour_delta_e"]["all"]["within_target"] == pytest.approx(expected)
+    if "orange" in constant["colour_delta_e"]:
+        assert constant["colour_delta_e"]["orange"]["median"] == pytest.approx(45.2, abs=0.5)
+    assert perfect["objects"] == {"one_object": 1.0, "inside": 1.0, "touching": 0.0}
+    assert "delta E" in shapes_eval.format_table(perfect)
+
+
+def test_cielab_matches_skimage_and_closed_forms():
+    from t2v_jax.eval.colour import delta_e, srgb_to_lab
+
+    # White is L* 100, a* = b* = 0 and black 0 by definition of the D65 CIELAB.
+    np.testing.assert_allclose(srgb_to_lab([255, 255, 255]), [100, 0, 0], atol=1e-2)
+    np.testing.assert_allclose(srgb_to_lab([0, 0, 0]), [0, 0, 0], atol=1e-9)
+    color = pytest.importorskip("skimage.color")
+    rgb = np.random.default_rng(0).integers(0, 256, (500, 3))
+    np.testing.assert_allclose(srgb_to_lab(rgb), color.rgb2lab(rgb[None] / 255.0)[0], atol=1e-3)
+    lab_a, lab_b = (color.rgb2lab(half[None] / 255.0) for half in (rgb[:250], rgb[250:]))
+    np.testing.assert_allclose(
+        delta_e(rgb[:250], rgb[250:]), color.deltaE_cie76(lab_a, lab_b)[0], atol=1e-3
+    )
+    with pytest.raises(ValueError, match="rgb"):
+        srgb_to_lab(np.zeros((4, 4)))
+
+
+def _render_coloured(rgb, shape="circle", size=32, **spec):
+    """A render of one object in an arbitrary RGB colour (the palette is patched for it)."""
+    palette = dict(render.COLOURS, custom=tuple(rgb))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(render, "COLOURS", palette)
+        spec = {"y": 0.5, "x": 0.3, "size": 0.2, "speed": 0.03, **spec}
+        return render.render_video([render.ShapeSpec("custom", shape, "right", **spec)],
+                                   8, size, size)  # fmt: skip
+
+
+def test_judge_colour_rule_is_strict_in_cielab():
+    # Red-orange as the first demo drew it is red (delta E 6), never orange (39); a colour half
+    # way between blue and green is no palette colour at all; a 15% darker orange still is.
+    red_orange = measure_video(_render_coloured((237, 57, 33)))
+    assert red_orange["colour"] == "red"
+    assert red_orange["delta_e"]["orange"] == pytest.approx(39.1, abs=1.0)
+    assert measure_video(_render_coloured((35, 140, 145)))["colour"] is None
+    dull = np.round(0.85 * np.array(render.COLOURS["orange"]))
+    assert measure_video(_render_coloured(dull))["colour"] == "orange"
+    # The measured colour is the object's, not its antialiased rim's or the background's.
+    np.testing.assert_allclose(
+        measure_video(_render_coloured(render.COLOURS["purple"]))["object_rgb"],
+        render.COLOURS["purple"], atol=1.0,
+    )  # fmt: skip
+
+
+def test_judge_counts_objects_and_finds_cut_off_frames():
+    one = render.ShapeSpec("red", "square", "right", 0.3, 0.3, 0.15, speed=0.02)
+    two = render.ShapeSpec("blue", "circle", "left", 0.7, 0.7, 0.15, speed=0.02)
+    assert measure_video(render.render_video([one], 8, 32, 32))["num_objects"] == 1
+    assert measure_video(render.render_video([one, two], 8, 32, 32))["num_objects"] == 2
+    # Specks of a few pixels are not objects.
+    specks = render.render_video([one], 8, 32, 32)
+    specks[:, 28:30, 2:4] = 255
+    assert measure_video(specks)["num_objects"] == 1
+    green = render.COLOURS["green"]
+    for shape in render.SHAPES:
+        # Half the object's extent (size 0.2): the square has the circle's area, so 0.886 r.
+        half = 0.2 * (0.886 if shape == "square" else 1.0)
+        # Tangent to the top edge: touching, not cut off; 40% of the radius past it: cut off.
+        # (The top, because the upward triangle cut at its base is a smaller whole triangle.)
+        m = measure_video(_render_coloured(green, shape, 64, y=half, speed=0.0))
+        assert m["touches_edge"].all() and not m["cut_off"].any(), shape
+        m = measure_video(_render_coloured(green, shape, 64, y=half - 0.08))
+        assert m["cut_off"].all(), shape
+        # The same past the right edge (a horizontal cut).
+        m = measure_video(_render_coloured(green, shape, 64, x=1 - half + 0.08, speed=0.0))
+        assert m["cut_off"].all(), shape
+
+
+def test_training_renders_are_one_whole_object():
+    # The demo's data at the base (16x16) and output (64x64) sizes: one object, inside the frame.
+    from t2v_jax.data import shapes
+
+    cfg = shapes.Shapes.builder_configs["sweep64x16"]
+    cut = frames = 0
+    for i in range(60):
+        example = shapes.make_example(cfg, np.random.default_rng([0, 0, i]))
+        video = example["video"]
+        for factor in (1, 4):
+            t, h, w, c = video.shape
+            small = video.reshape(t, h // factor, factor, w // factor, factor, c).mean((2, 4))
+            m = measure_video(np.round(small).astype(np.uint8))
+            # (Two objects may merge into one blob at 16x16; the target is about one-object clips.)
+            if example["num_objects"] == 1 or factor == 1:
+                assert m["num_objects"] == example["num_objects"], (i, factor)
+            cut += m["cut_off"].sum()
+            frames += t
+    assert cut / frames < 0.01
 
 
 def _load_tool():

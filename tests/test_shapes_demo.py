@@ -13,7 +13,7 @@ from t2v_jax.models.config import UNetConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "configs" / "shapes.py"
-STAGES = ("base", "tsr", "ssr")
+STAGES = ("base", "tsr", "ssr", "ssr2")
 
 
 def _tool(name):
@@ -47,7 +47,7 @@ def test_shapes_stages_build_with_eval_shape_and_chain():
                 previous.frames, previous.height, previous.width,
             )  # fmt: skip
         previous = stage
-    assert (previous.frames, previous.height, previous.width) == (16, 32, 32)
+    assert (previous.frames, previous.height, previous.width) == (16, 64, 64)
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -77,7 +77,7 @@ def test_every_shapes_caption_fits_the_text_length():
 
 def test_shapes_config_rejects_unknown_stage():
     with pytest.raises(ValueError, match="stage must be one of"):
-        load_config(f"{SHAPES}:ssr2")
+        load_config(f"{SHAPES}:ssr3")
 
 
 def _tiny_with_data(tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the embedded demo cascade (configs/shapes.py: base -> tsr -> ssr) and exports it.
+# Trains the embedded demo cascade (configs/shapes.py: base -> tsr -> ssr -> ssr2) and exports it.
 #
 #   nohup tools/train_demo.sh /tmp/shapes_demo > /tmp/shapes_demo.log 2>&1 &
 #   tools/train_demo.sh ROOT [extra t2v-train flags, e.g. --config.train.num_steps=3]
@@ -7,7 +7,7 @@
 # Every stage trains in ROOT/<stage> and resumes from there, so rerunning the same command after
 # a restart continues where it stopped (finished stages return at once). The SR stages read no
 # text, so they do not wait for the base stage's jointly trained T5: the base stage trains in
-# one process while TSR and then SSR train in another (XLA:CPU keeps about one core busy per
+# one process while TSR, SSR and then SSR2 train in another (XLA:CPU keeps about one core busy per
 # process on these narrow nets; logs in ROOT/<stage>.log, which a rerun appends to). Finally
 # the EMA params of all stages are saved as a pipeline (bf16) in $OUT
 # (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times of
@@ -42,6 +42,7 @@ train_stage base "$@" >> "$ROOT/base.log" 2>&1 &
 base_pid=$!
 train_stage tsr "$@" >> "$ROOT/tsr.log" 2>&1
 train_stage ssr "$@" >> "$ROOT/ssr.log" 2>&1
+train_stage ssr2 "$@" >> "$ROOT/ssr2.log" 2>&1
 wait "$base_pid" || { echo "base stage failed, see $ROOT/base.log" >&2; exit 1; }
-export_pipeline --stages base tsr ssr --out "$OUT" --params-dtype bfloat16
+export_pipeline --stages base tsr ssr ssr2 --out "$OUT" --params-dtype bfloat16
 echo "$(date -u +%FT%TZ) done: pipeline in $OUT"

@@ -124,6 +124,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         # object is in every frame, which a text-conditioned model learns far more easily than
         # a few pixels of drift from a random start (the embedded demo trains on this).
         _config("sweep32x16", 32, 16, 20_000, size_range=(0.18, 0.26), travel_range=(0.75, 1.0)),
+        # The same scenes (example i of a split uses the same seed) at 64x64: the demo's second
+        # SSR stage (32x32 -> 64x64) trains on crops of these; 8000 clips cover its steps.
+        _config("sweep64x16", 64, 16, 8000, size_range=(0.18, 0.26), travel_range=(0.75, 1.0)),
         _config("64x16", 64, 16, 20_000),
         _config("128x16", 128, 16, 10_000),
         _config("images32x16", 32, 16, 10_000, still_images=True),

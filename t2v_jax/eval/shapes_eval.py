@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 
 from t2v_jax.data import render
-from t2v_jax.eval.shapes_judge import judge_video
+from t2v_jax.eval.shapes_judge import measure_video, verdict
+
+# The colour target of the demo (docs/demo.md): the object within this CIELAB distance of the
+# prompt's palette colour.
+DELTA_E_TARGET = 15.0
 
 ATTRIBUTES = ("colour", "shape", "motion")
 Combo = tuple[str, str, str]
@@ -82,6 +86,35 @@ def _accuracy(rows: list[dict]) -> dict[str, float | None]:
     return out
 
 
+def colour_fidelity(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Distribution of each video's CIELAB distance from its prompt's colour, per colour and 'all'.
+
+    Each entry: 'count', 'median', 'p90', 'max' and 'within_target' (the fraction with
+    delta E <= `DELTA_E_TARGET`); a video with no object counts as infinitely far.
+    """
+    out = {}
+    for name in (*render.COLOUR_NAMES, "all"):
+        values = np.array([r["delta_e"] for r in rows if name in ("all", r["colour"])], float)
+        if values.size == 0:
+            continue
+        out[name] = {"count": int(values.size), "median": float(np.median(values)),
+                     "p90": float(np.percentile(values, 90)), "max": float(values.max()),
+                     "within_target": float(np.mean(values <= DELTA_E_TARGET))}  # fmt: skip
+    return out
+
+
+def object_stats(rows: list[dict]) -> dict[str, float]:
+    """'one_object': fraction of videos with exactly one object; 'inside': fraction of all frames
+    whose object is not cut off by the frame's edge; 'touching': fraction of frames whose object
+    touches an edge (whole objects may: the training data's objects graze the edges too)."""
+    frames = sum(r["frames"] for r in rows)
+    return {
+        "one_object": float(np.mean([r["num_objects"] == 1 for r in rows])),
+        "inside": 1.0 - sum(r["cut_off_frames"] for r in rows) / frames,
+        "touching": sum(r["edge_frames"] for r in rows) / frames,
+    }
+
+
 def evaluate(
     sample_fn: Callable[[list[str], int], np.ndarray],
     prompts: Sequence[EvalPrompt],
@@ -119,14 +152,23 @@ def evaluate(
             batch_times.append(time.perf_counter() - t0)
             for p, video in zip(chunk, videos, strict=False):
                 colour, shape, motion = p.combo
+                m = measure_video(video)
                 rows.append({"prompt": p.text, "seed": seed, "held_out": p.held_out,
                              "colour": colour, "shape": shape, "motion": motion,
-                             "judged": judge_video(video)})  # fmt: skip
+                             "judged": verdict(m),
+                             "delta_e": m["delta_e"].get(colour, float("inf")),
+                             "object_rgb": [float(c) for c in m["object_rgb"]],
+                             "num_objects": m["num_objects"],
+                             "cut_off_frames": int(m["cut_off"].sum()),
+                             "edge_frames": int(m["touches_edge"].sum()),
+                             "frames": int(video.shape[0])})  # fmt: skip
     wall = time.perf_counter() - start
     return {
         "accuracy": _accuracy(rows),
         "vocabulary": _accuracy([r for r in rows if not r["held_out"]]),
         "held_out": _accuracy([r for r in rows if r["held_out"]]),
+        "colour_delta_e": colour_fidelity(rows),
+        "objects": object_stats(rows),
         "wall_time_s": wall,
         "seconds_per_video": wall / len(rows),
         "first_batch_s": batch_times[0],
@@ -146,6 +188,18 @@ def format_table(result: dict[str, Any]) -> str:
         )
         label = {"accuracy": "all", "vocabulary": "seen", "held_out": "held-out"}[name]
         lines.append(f"{label:<12}{acc['count']:>7}{cells}")
+    fidelity = result["colour_delta_e"]
+    lines.append(f"colour delta E (CIELAB) to the prompt's colour, <= {DELTA_E_TARGET:g}:")
+    for name, d in fidelity.items():
+        lines.append(
+            f"  {name:<8}{d['count']:>5}  {100 * d['within_target']:5.1f}%  median "
+            f"{d['median']:5.1f}  p90 {d['p90']:5.1f}  max {d['max']:6.1f}"
+        )
+    objects = result["objects"]
+    lines.append(
+        f"one object {100 * objects['one_object']:.1f}% of videos; inside the frame "
+        f"{100 * objects['inside']:.1f}% of frames (touching an edge {100 * objects['touching']:.1f}%)"
+    )
     lines.append(
         f"wall time {result['wall_time_s']:.1f} s for {result['num_videos']} videos "
         f"({result['seconds_per_video']:.2f} s/video; first batch, with compilation, "

@@ -7,15 +7,24 @@ the `shapes` data (t2v_jax.data.render): the 8 palette colours, the 3 shapes and
   foreground  pixels whose RGB distance from the background exceeds `FOREGROUND_DISTANCE`; per
               frame only the largest 4-connected blob is kept (speckles and a second object of a
               generated video do not move the measurements)
-  colour      the palette colour c whose segment background -> c passes nearest to the mean of
-              the blob's most saturated ("core") pixels; a segment rather than the point c,
-              because a low-res model blurs edges and darkens colours toward the background
+  colour      the object's colour is the per-channel median of the blob's most saturated
+              ("core") pixels over all frames; the verdict is the palette colour nearest to it in
+              CIELAB (`t2v_jax.eval.colour`), or none when even that one is more than
+              `COLOUR_MAX_DELTA_E` away: a red-orange is red (delta E 6) or nothing, never orange
+              (39); the delta E to every palette colour is reported as well
   shape       each frame's soft coverage (alpha: the pixel's position along background -> colour)
               is compared with the three shapes rendered at the same area and centroid; the shape
               with the least total L1 error over all frames wins (a template fit is much more
               robust at 3-6 pixel radii than bounding-box fill ratios)
   motion      least-squares slope of the coverage centroid over the frames: the dominant axis and
               its sign give left / right / up / down
+  objects     per frame, the foreground's 4-connected components of at least
+              `MIN_OBJECT_FRACTION` of the frame (speckles are not objects); the video's count is
+              the most common per-frame count
+  cut off     a frame whose blob touches an edge of the frame and is shorter across that edge
+              than along it (every shape is as tall as it is wide, so a whole object touching an
+              edge keeps both extents; one pushed past the edge loses the one across it; the
+              exception: the upward triangle cut by the bottom edge is a smaller whole triangle)
 """
 
 from __future__ import annotations
@@ -24,12 +33,20 @@ import numpy as np
 from scipy import ndimage
 
 from t2v_jax.data import render
+from t2v_jax.eval.colour import delta_e
 
 # RGB distance (0..441) from the background above which a pixel belongs to an object: every
 # palette colour is > 200 away from every background, so this keeps pixels >~30% covered.
 FOREGROUND_DISTANCE = 60.0
 # Core pixels for the colour: at least this fraction of the blob's largest distance.
 CORE_FRACTION = 0.8
+# CIELAB distance beyond which the object's colour is no palette colour: under half the
+# palette's closest pair (blue-purple, 29) plus room for a dulled or slightly blurred render
+# (a render darkened by 15% is 14 from its colour; red-orange (237, 57, 33) is 39 from orange).
+COLOUR_MAX_DELTA_E = 25.0
+# A connected foreground component counts as an object from this fraction of the frame's area:
+# the smallest training object (radius 0.18 of the frame) covers ~10%.
+MIN_OBJECT_FRACTION = 0.02
 _PALETTE = np.array([render.COLOURS[c] for c in render.COLOUR_NAMES], np.float64)  # [8, 3]
 # A white template on black gives coverage as value / 245 (white is (245, 245, 245)).
 _TEMPLATE_COLOUR = "white"
@@ -62,12 +79,30 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def _segment_residual(pixel: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Distance of `pixel` [3] to each segment background -> palette colour: float [8]."""
-    direction = _PALETTE - background  # [8, 3]
-    rel = pixel - background  # [3]
-    alpha = np.clip(direction @ rel / np.sum(direction**2, axis=-1), 0.0, 1.0)  # [8]
-    return np.linalg.norm(rel[None] - alpha[:, None] * direction, axis=-1)
+def _count_objects(mask: np.ndarray) -> int:
+    """Number of 4-connected components of a bool [H, W] mask that are big enough to be objects."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return int(np.sum(sizes >= MIN_OBJECT_FRACTION * mask.size))
+
+
+def _edges_and_cut(blob: np.ndarray) -> tuple[bool, bool]:
+    """(touches an edge, cut off by an edge) for one frame's bool [H, W] blob."""
+    if not blob.any():
+        return False, False
+    rows, cols = np.nonzero(blob)
+    height, width = blob.shape
+    tall = rows.max() - rows.min() + 1
+    wide = cols.max() - cols.min() + 1
+    on_row_edge = rows.min() == 0 or rows.max() == height - 1
+    on_col_edge = cols.min() == 0 or cols.max() == width - 1
+    # Antialiased edges below the foreground threshold shave up to ~1.5 pixels off an extent
+    # (a triangle's apex most), hence the tolerance.
+    short = lambda across, along: across < along - max(1.5, 0.15 * along)
+    cut = (on_row_edge and short(tall, wide)) or (on_col_edge and short(wide, tall))
+    return bool(on_row_edge or on_col_edge), bool(cut)
 
 
 def _template(shape: str, area: float, cy: float, cx: float, height: int, width: int):
@@ -93,33 +128,52 @@ def measure_video(video: np.ndarray) -> dict:
       video: uint8 [T, H, W, 3].
 
     Returns:
-      dict with 'colour' (str or None), 'shape_errors' ({shape: mean L1 error per pixel}),
-      'centroids' (float [T, 2] (y, x) in pixels, NaN where a frame has no object),
-      'velocity' (float [2], pixels per frame, NaN without two frames with an object) and
-      'foreground' (float, mean fraction of pixels in the kept blob).
+      dict with 'colour' (str or None), 'object_rgb' (float [3], the core pixels' median; NaN
+      without an object), 'delta_e' ({palette colour: CIELAB distance from object_rgb}),
+      'shape_errors' ({shape: mean L1 error per pixel}), 'centroids' (float [T, 2] (y, x) in
+      pixels, NaN where a frame has no object), 'velocity' (float [2], pixels per frame, NaN
+      without two frames with an object), 'foreground' (float, mean fraction of pixels in the
+      kept blob), 'objects_per_frame' (int [T]), 'num_objects' (int, the most common per-frame
+      count), 'touches_edge' and 'cut_off' (bool [T], see the module docstring).
     """
     video = _check_video(video).astype(np.float64)  # [T, H, W, 3]
     frames, height, width, _ = video.shape
     background = np.median(video.reshape(-1, 3), axis=0)  # [3]
     distance = np.linalg.norm(video - background, axis=-1)  # [T, H, W]
-    blobs = np.stack([_largest_blob(d > FOREGROUND_DISTANCE) for d in distance])  # [T, H, W]
+    foreground = distance > FOREGROUND_DISTANCE
+    blobs = np.stack([_largest_blob(f) for f in foreground])  # [T, H, W]
+    per_frame = np.array([_count_objects(f) for f in foreground], np.int64)  # [T]
+    edges = np.array([_edges_and_cut(b) for b in blobs], bool).reshape(frames, 2)
     result = {
         "colour": None,
+        "object_rgb": np.full(3, np.nan),
+        "delta_e": {},
         "shape_errors": {},
         "centroids": np.full((frames, 2), np.nan),
         "velocity": np.full(2, np.nan),
         "foreground": float(blobs.mean()),
+        "objects_per_frame": per_frame,
+        # Ties go to the larger count, so a second object in half the frames is not hidden.
+        "num_objects": int(
+            np.flatnonzero(np.bincount(per_frame) == np.bincount(per_frame).max())[-1]
+        ),
+        "touches_edge": edges[:, 0],
+        "cut_off": edges[:, 1],
     }
     if not blobs.any():
         return result
 
     blob_distance = np.where(blobs, distance, 0.0)
     core = blob_distance >= CORE_FRACTION * blob_distance.max()  # [T, H, W]
-    core_colour = video[core].mean(axis=0)  # [3]
-    colour_index = int(np.argmin(_segment_residual(core_colour, background)))
-    result["colour"] = render.COLOUR_NAMES[colour_index]
+    object_rgb = np.median(video[core], axis=0)  # [3]
+    distances = delta_e(object_rgb, _PALETTE)  # [8]
+    colour_index = int(np.argmin(distances))
+    result["object_rgb"] = object_rgb
+    result["delta_e"] = dict(zip(render.COLOUR_NAMES, distances.tolist(), strict=True))
+    if distances[colour_index] <= COLOUR_MAX_DELTA_E:
+        result["colour"] = render.COLOUR_NAMES[colour_index]
 
-    # Coverage along background -> the judged colour, kept within one pixel of each frame's blob
+    # Coverage along background -> the nearest colour, kept within one pixel of each frame's blob
     # so that antialiased edge pixels (below the foreground threshold) still count.
     direction = _PALETTE[colour_index] - background
     alpha = np.clip((video - background) @ direction / np.sum(direction**2), 0.0, 1.0)
@@ -175,7 +229,12 @@ def judge_video(video: np.ndarray) -> dict[str, str | None]:
     Raises:
       ValueError: `video` is not uint8 [T, H, W, 3].
     """
-    m = measure_video(video)
+    return verdict(measure_video(video))
+
+
+def verdict(measurements: dict) -> dict[str, str | None]:
+    """The colour / shape / motion verdict (`judge_video`'s result) of `measure_video`'s output."""
+    m = measurements
     shape = min(m["shape_errors"], key=m["shape_errors"].get) if m["shape_errors"] else None
     return {"colour": m["colour"], "shape": shape, "motion": _direction(m["velocity"])}
 
