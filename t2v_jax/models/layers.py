@@ -401,6 +401,32 @@ class NoiseLevelEmbedding(nn.Module):
         return Dense(self.features, (axes.MLP, axes.EMBED), self.dtype, name="dense2")(nn.silu(h))
 
 
+class GuidanceEmbedding(nn.Module):
+    """Embeds a guidance weight w [B] as [B, E]; the last layer is zero-initialised.
+
+    A guidance-distilled student (Meng et al. 2023) starts as its teacher's conditional model:
+    the embedding is exactly zero until training moves it. Weights span roughly [0, 10]; the
+    scale spreads that over the range sinusoidal features resolve (as for NoiseLevelEmbedding).
+    """
+
+    features: int
+    num_frequencies: int
+    dtype: Dtype = jnp.float32
+    scale: float = 100.0
+
+    @nn.compact
+    def __call__(self, weight: jax.Array) -> jax.Array:
+        h = sinusoidal_embedding(weight * self.scale, self.num_frequencies)
+        h = Dense(self.features, (axes.NORM, axes.MLP), self.dtype, name="dense1")(h)
+        return Dense(
+            self.features,
+            (axes.MLP, axes.EMBED),
+            self.dtype,
+            kernel_init=nn.initializers.zeros,
+            name="dense2",
+        )(nn.silu(h))
+
+
 class PooledTextEmbedding(nn.Module):
     """Masked mean of the text tokens -> LayerNorm -> 2-layer MLP: [B, L, D], [B, L] -> [B, E].
 
