@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from t2v_jax import cascade, configlib, paths
+from t2v_jax.data import pipeline as data_pipeline
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
 from t2v_jax.train import checkpoint as ckpt_lib
@@ -256,7 +257,7 @@ def distill_task(config: ml_collections.ConfigDict, teacher: Teacher) -> loop.Ta
     )
     base = task_lib.diffusion_task(config)
     train_cfg = configlib.from_config(state_lib.TrainConfig, config.train, "train")
-    data_cfg = configlib.from_config(task_lib.pipeline.DataConfig, config.data, "data")
+    data_cfg = configlib.from_config(data_pipeline.DataConfig, config.data, "data")
     student_cfg = configlib.from_config(UNetConfig, config.model, "model")
     teacher_cfg = teacher.stage.model
     stage_cfg = task_lib._stage_data_config(config)
@@ -287,9 +288,12 @@ def distill_task(config: ml_collections.ConfigDict, teacher: Teacher) -> loop.Ta
         for name, values in (("params", {"unet": unet}), ("ema_params", {"unet": unet}),
                              ("frozen", {"teacher": unet, **({"text": teacher.text_params}
                                                              if uses_ids else {})})):  # fmt: skip
-            merged[name], fresh = loop._merge_by_path(
-                getattr(state, name), values, teacher.source, name
-            )
+            try:
+                merged[name], fresh = loop._merge_by_path(
+                    getattr(state, name), values, teacher.source, name
+                )
+            except ValueError as e:  # its message names train.init_from, the warm start's flag
+                raise ValueError(f"teacher: does not fit the student's config: {e}") from e
             if name == "frozen" and fresh:
                 raise ValueError(f"teacher: {teacher.source!r} lacks frozen {sorted(fresh)}")
         log.info("student initialised from teacher %s", teacher.source)
@@ -338,8 +342,7 @@ def prepare(
     Raises ValueError naming the argument (teacher, teacher_stage, teacher_steps, guidance
     range, mode, config) before any training program is compiled.
     """
-    check_teacher_source(settings)
-    teacher = load_teacher(settings)
+    teacher = load_teacher(settings)  # checks the source before reading any array
     spec = resolve_spec(settings, teacher)
     return run_config(config, teacher, settings, spec), teacher
 
@@ -354,7 +357,6 @@ def distill(
     """Runs (or resumes, from `workdir`) one distillation round; what `t2v-distill` calls."""
     student_config, teacher = prepare(config, settings)
     task = distill_task(student_config, teacher)
-    loop.check_config(student_config, len(jax.devices()), jax.process_count())
     return loop.train(student_config, workdir, task, on_metrics=on_metrics)
 
 
