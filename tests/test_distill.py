@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,6 +123,22 @@ TINY = UNetConfig(
     num_res_blocks=1, spatial_attention_resolutions=(), temporal_mixing="none",
     cross_attention=False, use_pooled_text=False, norm_groups=4,
 )  # fmt: skip
+
+
+def test_a_fresh_guidance_input_is_named_and_starts_as_the_conditional_model():
+    student_cfg = UNetConfig(**{**TINY.__dict__, "use_pooled_text": True, "guidance_input": True})
+    x, lam = jnp.ones((2, 1, 4, 4, 3)), jnp.zeros((2,))
+    emb, mask = jax.random.normal(jax.random.key(1), (2, 3, 8)), jnp.ones((2, 3), bool)
+    boxed = VideoUNet(student_cfg).init(jax.random.key(0), x, lam, emb, mask, guidance_weight=lam)
+    assert sharding.unnamed_params(boxed) == []
+    params = nn.unbox(boxed)["params"]
+    teacher = {k: v for k, v in params.items() if k != "guidance_embed"}
+    teacher_cfg = UNetConfig(**{**student_cfg.__dict__, "guidance_input": False})
+    want = VideoUNet(teacher_cfg).apply({"params": teacher}, x, lam, emb, mask)
+    got = VideoUNet(student_cfg).apply(
+        {"params": params}, x, lam, emb, mask, guidance_weight=jnp.array([0.0, 7.0])
+    )
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_progressive_round_brings_one_student_step_closer_to_two_teacher_steps():
