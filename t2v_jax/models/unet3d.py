@@ -23,7 +23,6 @@ from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.layers import (
     Downsample,
     GroupNorm,
-    GuidanceEmbedding,
     NoiseLevelEmbedding,
     PooledTextEmbedding,
     ResBlock,
@@ -139,9 +138,9 @@ class VideoUNet(nn.Module):
             )
             x = jnp.concatenate([x, cond_video.astype(x.dtype)], axis=-1)
         if cfg.guidance_input:
-            emb = emb + GuidanceEmbedding(e, cfg.base_channels, dtype, name="guidance_embed")(
-                guidance_weight
-            )
+            emb = emb + NoiseLevelEmbedding(
+                e, cfg.base_channels, dtype, scale=100.0, zero_init=True, name="guidance_embed"
+            )(guidance_weight)
         text_emb = text_emb.astype(dtype)
 
         res_block = self._block(ResBlock)
