@@ -1,5 +1,6 @@
 """Distillation: targets against closed forms, one progressive round, the distilled pipeline."""
 
+import functools
 import json
 import math
 import pathlib
@@ -129,15 +130,21 @@ def test_a_fresh_guidance_input_is_named_and_starts_as_the_conditional_model():
     student_cfg = UNetConfig(**{**TINY.__dict__, "use_pooled_text": True, "guidance_input": True})
     x, lam = jnp.ones((2, 1, 4, 4, 3)), jnp.zeros((2,))
     emb, mask = jax.random.normal(jax.random.key(1), (2, 3, 8)), jnp.ones((2, 3), bool)
-    boxed = VideoUNet(student_cfg).init(jax.random.key(0), x, lam, emb, mask, guidance_weight=lam)
+    init = functools.partial(VideoUNet(student_cfg).init, guidance_weight=lam)
+    boxed = jax.jit(init)(jax.random.key(0), x, lam, emb, mask)
     assert sharding.unnamed_params(boxed) == []
     params = nn.unbox(boxed)["params"]
     teacher = {k: v for k, v in params.items() if k != "guidance_embed"}
     teacher_cfg = UNetConfig(**{**student_cfg.__dict__, "guidance_input": False})
-    want = VideoUNet(teacher_cfg).apply({"params": teacher}, x, lam, emb, mask)
-    got = VideoUNet(student_cfg).apply(
-        {"params": params}, x, lam, emb, mask, guidance_weight=jnp.array([0.0, 7.0])
-    )
+    # One compiled program (eager applies compile every op on its own, slower here).
+    want, got = jax.jit(
+        lambda: (
+            VideoUNet(teacher_cfg).apply({"params": teacher}, x, lam, emb, mask),
+            VideoUNet(student_cfg).apply(
+                {"params": params}, x, lam, emb, mask, guidance_weight=jnp.array([0.0, 7.0])
+            ),
+        )
+    )()
     np.testing.assert_array_equal(got, want)
 
 
