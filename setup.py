@@ -68,6 +68,7 @@ setup(
             "t2v-convert-t5 = t2v_jax.cli.convert_t5:main",
             "t2v-sample = t2v_jax.cli.sample:main",
             "t2v-train = t2v_jax.cli.train:main",
+            "t2v-distill = t2v_jax.cli.distill:main",
             "t2v-bench = t2v_jax.cli.bench:main",
         ],
     },

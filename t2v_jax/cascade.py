@@ -246,14 +246,18 @@ class Pipeline:
                 cond["text_mask"],
                 cond_video=cond.get("cond_video"),
                 cond_log_snr=cond.get("cond_log_snr"),
+                guidance_weight=cond.get("guidance_weight"),
             )
+
+        # A guidance-distilled model takes w as an input: one call per step, whatever w is.
+        weight_input = stage.model.guidance_input
 
         def stage_steps(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
             guidance = guidance_lib.GuidanceConfig(
-                weight=w if guided else 1.0,
+                weight=w if guided or weight_input else 1.0,
                 schedule=cfg.guidance_schedule,
                 oscillate_after=cfg.oscillate_after,
-                low_weight=w_low if guided else 1.0,
+                low_weight=w_low if guided or weight_input else 1.0,
             )
             cond = {"text_emb": emb, "text_mask": mask}
             if low is not None:
@@ -289,10 +293,11 @@ class Pipeline:
                 schedule_cfg=cfg.schedule,
                 guidance=guidance,
                 uncond_cond=None
-                if guidance.is_identity
+                if guidance.is_identity or weight_input
                 else {"text_emb": neg_emb, "text_mask": neg_mask},
                 thresholding=cfg.thresholding,
                 dynamic_percentile=cfg.dynamic_percentile,
+                guidance_input=weight_input,
             )
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
@@ -522,12 +527,11 @@ def init_stage_params(model: UNetConfig, config: StageConfig, text_dim: int, rng
     """Randomly initialised parameters for a stage (tests, and the start of training)."""
     b, t, h, w = 1, config.frames, config.height, config.width
     x = jnp.zeros((b, t, h, w, model.in_channels))
-    kwargs = {}
+    kwargs = {"guidance_weight": jnp.ones((b,))} if model.guidance_input else {}
     if model.cond_channels:
-        kwargs = {
-            "cond_video": jnp.zeros((b, t, h, w, model.cond_channels)),
-            "cond_log_snr": jnp.zeros((b,)),
-        }
+        kwargs.update(
+            cond_video=jnp.zeros((b, t, h, w, model.cond_channels)), cond_log_snr=jnp.zeros((b,))
+        )
     variables = jax.jit(functools.partial(VideoUNet(model).init, **kwargs))(
         rng, x, jnp.zeros((b,)), jnp.zeros((b, 1, text_dim)), jnp.ones((b, 1), bool)
     )

@@ -103,6 +103,8 @@ def guided_model_fn(
     model_fn: ModelFn,
     guidance: GuidanceConfig | float | None,
     uncond_cond: Mapping[str, Any] | None,
+    *,
+    weight_input: bool = False,
 ) -> StepModelFn:
     """Wraps `model_fn` with classifier-free guidance; returns `fn(params, x, lam, cond, step)`.
 
@@ -118,8 +120,18 @@ def guided_model_fn(
       uncond_cond: entries that replace those of `cond` for the unconditional branch, e.g.
         `{'text_emb': null_emb, 'text_mask': null_mask}` (null or negative-prompt embeddings);
         each leaf is broadcast to the matching leaf of `cond` (so [1, L, D] works for any B).
+      weight_input: the model takes the weight itself (a guidance-distilled student): each
+        call gets `cond['guidance_weight']` = the step's weight [B] and is the guided
+        prediction; no unconditional call, `uncond_cond` unused.
     """
     cfg = as_guidance_config(guidance)
+    if weight_input:
+
+        def with_weight(params, x, lam, cond, step):
+            w = jnp.full((x.shape[0],), guidance_weight(step, cfg), jnp.float32)  # [B]
+            return model_fn(params, x, lam, {**cond, "guidance_weight": w})
+
+        return with_weight
     if cfg.is_identity:
         return lambda params, x, lam, cond, step: model_fn(params, x, lam, cond)
     if uncond_cond is None:

@@ -188,6 +188,7 @@ def sample_steps(
     dynamic_percentile: float = 0.995,
     timesteps_log_snr: jax.Array | None = None,
     return_intermediates: bool = False,
+    guidance_input: bool = False,
 ) -> tuple[jax.Array, jax.Array] | tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
     """Runs steps start, ..., start + length - 1 of a `num_steps`-step run as one `lax.scan`.
 
@@ -220,7 +221,9 @@ def sample_steps(
                 f"timesteps_log_snr: expected shape ({num_steps + 1},) for num_steps={num_steps}, "
                 f"got {lams.shape}"
             )
-    step_fn = guidance_lib.guided_model_fn(model_fn, guidance, uncond_cond)
+    step_fn = guidance_lib.guided_model_fn(
+        model_fn, guidance, uncond_cond, weight_input=guidance_input
+    )
     uses_noise = sampler == "ddpm" or (
         sampler == "ddim" and not (isinstance(eta, int | float) and eta == 0.0)
     )
@@ -270,6 +273,7 @@ def sample(
     timesteps_log_snr: jax.Array | None = None,
     return_intermediates: bool = False,
     x_init: jax.Array | None = None,
+    guidance_input: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Draws samples with one `lax.scan` over `num_steps` denoising steps.
 
@@ -297,6 +301,8 @@ def sample(
       return_intermediates: also return {"x_t": [N, B, ...] (x after each step),
         "x0_pred": [N, B, ...] (the x0 prediction at each step)}.
       x_init: start from this [B, ...] array instead of drawing the initial noise from rngs.
+      guidance_input: model_fn takes the guidance weight as `cond['guidance_weight']` [B] (a
+        guidance-distilled model): one call per step, see `guided_model_fn(weight_input=...)`.
 
     Returns:
       x0 [B, ...], or (x0, intermediates) when return_intermediates.
@@ -322,6 +328,7 @@ def sample(
         dynamic_percentile=dynamic_percentile,
         timesteps_log_snr=timesteps_log_snr,
         return_intermediates=return_intermediates,
+        guidance_input=guidance_input,
     )
     if return_intermediates:
         (x, _), traj = out

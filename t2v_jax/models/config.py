@@ -63,6 +63,9 @@ class UNetConfig:
         "conv_gemm_grad" (lax.conv forward and input gradient, the kernel gradient as one
         patches GEMM: the fastest train step on XLA:CPU) or "auto" (conv_gemm_grad on CPU, conv
         on GPU/TPU); all give the same values up to float rounding.
+      guidance_input: the network takes the classifier-free guidance weight w [B] as an input
+        (a guidance-distilled student, Meng et al. 2023): an embedding of w, zero at init, is
+        added to the noise embedding, and one call predicts the guided v.
     """
 
     in_channels: int = 3
@@ -89,6 +92,7 @@ class UNetConfig:
     remat: bool = False
     attention_impl: Literal["xla", "cudnn", "pallas", "auto"] = "xla"
     spatial_conv_impl: Literal["auto", "conv", "matmul", "conv_gemm_grad"] = "auto"
+    guidance_input: bool = False
 
     def __post_init__(self):
         num_levels = len(self.channel_mults)

@@ -387,18 +387,24 @@ class NoiseLevelEmbedding(nn.Module):
 
     log-SNR spans roughly [-20, 20]; scaling it by 25 spreads that over the +-500 range that
     sinusoidal timestep features (periods 2*pi .. 2*pi*1e4) resolve well, as for DDPM step indices.
+    Also embeds a guidance weight w (roughly [0, 10]: scale 100) for a guidance-distilled student
+    (Meng et al. 2023), with `zero_init` so that the new input changes nothing until trained.
     """
 
     features: int
     num_frequencies: int
     dtype: Dtype = jnp.float32
     scale: float = 25.0
+    zero_init: bool = False  # the last layer starts at zero: the embedding is 0 at init
 
     @nn.compact
     def __call__(self, log_snr: jax.Array) -> jax.Array:
         h = sinusoidal_embedding(log_snr * self.scale, self.num_frequencies)
         h = Dense(self.features, (axes.NORM, axes.MLP), self.dtype, name="dense1")(h)
-        return Dense(self.features, (axes.MLP, axes.EMBED), self.dtype, name="dense2")(nn.silu(h))
+        out_init = nn.initializers.zeros if self.zero_init else default_init
+        return Dense(
+            self.features, (axes.MLP, axes.EMBED), self.dtype, kernel_init=out_init, name="dense2"
+        )(nn.silu(h))
 
 
 class PooledTextEmbedding(nn.Module):

@@ -65,6 +65,7 @@ class VideoUNet(nn.Module):
         cond_video: jax.Array | None = None,
         cond_log_snr: jax.Array | None = None,
         frame_mask: jax.Array | None = None,
+        guidance_weight: jax.Array | None = None,
         train: bool = False,
     ) -> jax.Array:
         """Runs the network.
@@ -79,6 +80,8 @@ class VideoUNet(nn.Module):
           cond_log_snr: [B] noise-augmentation level of cond_video (required with cond_video).
           frame_mask: [B, T] bool; True frames form the example's video, False frames are
             independent images that get no temporal mixing. None: every frame is video.
+          guidance_weight: [B] classifier-free guidance weight (required iff
+            config.guidance_input).
           train: enables dropout (needs a 'dropout' rng).
 
         Returns:
@@ -117,6 +120,12 @@ class VideoUNet(nn.Module):
             _check_shape("cond_log_snr", cond_log_snr, (b,))
         elif cond_video is not None or cond_log_snr is not None:
             raise ValueError("cond_video / cond_log_snr: given, but config.cond_channels is 0")
+        if cfg.guidance_input:
+            if guidance_weight is None:
+                raise ValueError("guidance_weight: required, config.guidance_input is True")
+            _check_shape("guidance_weight", guidance_weight, (b,))
+        elif guidance_weight is not None:
+            raise ValueError("guidance_weight: given, but config.guidance_input is False")
 
         # Conditioning embedding [B, E]: noise level (+ pooled text) (+ augmentation level).
         e = cfg.noise_embed_dim
@@ -128,6 +137,10 @@ class VideoUNet(nn.Module):
                 cond_log_snr
             )
             x = jnp.concatenate([x, cond_video.astype(x.dtype)], axis=-1)
+        if cfg.guidance_input:
+            emb = emb + NoiseLevelEmbedding(
+                e, cfg.base_channels, dtype, scale=100.0, zero_init=True, name="guidance_embed"
+            )(guidance_weight)
         text_emb = text_emb.astype(dtype)
 
         res_block = self._block(ResBlock)

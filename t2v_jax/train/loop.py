@@ -94,12 +94,15 @@ class Task:
       make_iterator: `() -> DataIterator` over this host's per-host batches of numpy arrays.
       sample_fn: optional `(ema_params, frozen, rng, num_samples) -> float [N, T, H, W, 3]` in
         [-1, 1], run every `log.sample_every_steps`.
+      warm_start: optional `state -> state` applied to a fresh state (no checkpoint in the
+        workdir), e.g. a distillation student starting from its teacher's params.
     """
 
     init_params: state_lib.InitParamsFn
     loss_fn: step_lib.LossFn
     make_iterator: Callable[[], DataIterator]
     sample_fn: Callable[[Any, Any, jax.Array, int], np.ndarray] | None = None
+    warm_start: Callable[[state_lib.TrainState], state_lib.TrainState] | None = None
 
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -302,6 +305,8 @@ def train(
         state, _ = state_lib.create_train_state(init, config.get("seed", 0), mesh, rules)
         if train_cfg.init_from:
             state = _warm_start(state, train_cfg.init_from, ckpt_cfg)
+        elif task.warm_start is not None:
+            state = task.warm_start(state)
         else:
             log.info("no checkpoint in %s; starting from scratch", ckpt.directory)
     config_json = configlib.to_dict(config)

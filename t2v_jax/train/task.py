@@ -134,15 +134,7 @@ def diffusion_task(config: Any) -> loop.Task:
 
     def init_params(rng):
         k_unet, k_text = jax.random.split(rng)
-        x = jnp.zeros((1, frames, height, width, unet_cfg.in_channels))
-        kwargs = {}
-        if unet_cfg.cond_channels:
-            kwargs = {
-                "cond_video": jnp.zeros((1, frames, height, width, unet_cfg.cond_channels)),
-                "cond_log_snr": jnp.zeros((1,)),
-            }
-        text_args = (jnp.zeros((1, seq, unet_cfg.text_dim)), jnp.ones((1, seq), bool))
-        trainable = {"unet": unet.init(k_unet, x, jnp.zeros((1,)), *text_args, **kwargs)["params"]}
+        trainable = {"unet": init_unet_params(unet_cfg, (frames, height, width), seq, k_unet)}
         frozen = {}
         if uses_ids:
             t5_args = (jnp.zeros((1, seq), jnp.int32), jnp.ones((1, seq), bool))
@@ -156,19 +148,8 @@ def diffusion_task(config: Any) -> loop.Task:
     def encode(text_params, ids, mask):
         return text.module.apply({"params": text_params}, ids, mask).astype(jnp.float32)
 
-    def conditioning(rng, batch, *, fixed_t=None):
-        """Everything but the text: upsampled, noise-augmented low-res video; frame mask."""
-        cond = {}
-        if stage_cfg.kind != "base":
-            up = upsample_video(batch["low_res"], (frames, height, width),
-                                _UPSAMPLE_KIND[stage_cfg.kind])  # fmt: skip  # [B, T, H, W, 3]
-            cond["cond_video"], cond["cond_log_snr"] = objectives.augment_conditioning(
-                rng, up, schedule_cfg, min_t=train_cfg.cond_noise_min_t,
-                max_t=train_cfg.cond_noise_max_t, fixed_t=fixed_t,
-            )  # fmt: skip
-        if "frame_mask" in batch:
-            cond["frame_mask"] = batch["frame_mask"]
-        return cond
+    conditioning = functools.partial(stage_conditioning, stage_cfg=stage_cfg,
+                                     schedule_cfg=schedule_cfg, train_cfg=train_cfg)  # fmt: skip
 
     def apply_unet(unet_params, z, lam, emb, mask, cond, *, train, dropout_rng=None):
         return unet.apply(
@@ -228,6 +209,46 @@ def diffusion_task(config: Any) -> loop.Task:
             prepare, conditioning, apply_unet, encode, (frames, height, width),
         )  # fmt: skip
     return loop.Task(init_params, loss_fn, make_iterator, sample_fn)
+
+
+def init_unet_params(
+    unet_cfg: UNetConfig, size: tuple[int, int, int], seq: int, rng: jax.Array
+) -> Any:
+    """Fresh boxed (logically named) VideoUNet params for videos of `size` (T, H, W) and text of
+    `seq` tokens."""
+    x = jnp.zeros((1, *size, unet_cfg.in_channels))
+    kwargs = {"guidance_weight": jnp.ones((1,))} if unet_cfg.guidance_input else {}
+    if unet_cfg.cond_channels:
+        kwargs.update(
+            cond_video=jnp.zeros((1, *size, unet_cfg.cond_channels)), cond_log_snr=jnp.zeros((1,))
+        )
+    text_args = (jnp.zeros((1, seq, unet_cfg.text_dim)), jnp.ones((1, seq), bool))
+    return VideoUNet(unet_cfg).init(rng, x, jnp.zeros((1,)), *text_args, **kwargs)["params"]
+
+
+def stage_conditioning(
+    rng: jax.Array,
+    batch: dict[str, Any],
+    *,
+    stage_cfg: pipeline.StageDataConfig,
+    schedule_cfg: schedules.ScheduleConfig,
+    train_cfg: state_lib.TrainConfig,
+    fixed_t: float | None = None,
+) -> dict[str, jax.Array]:
+    """A batch's conditioning besides the text: the SR stages' upsampled, noise-augmented
+    low-res video (at t ~ U(train.cond_noise_min_t, max_t), or `fixed_t`) and the frame mask."""
+    cond = {}
+    if stage_cfg.kind != "base":
+        frames, height, width, _ = stage_cfg.video_shape
+        up = upsample_video(batch["low_res"], (frames, height, width),
+                            _UPSAMPLE_KIND[stage_cfg.kind])  # fmt: skip  # [B, T, H, W, 3]
+        cond["cond_video"], cond["cond_log_snr"] = objectives.augment_conditioning(
+            rng, up, schedule_cfg, min_t=train_cfg.cond_noise_min_t,
+            max_t=train_cfg.cond_noise_max_t, fixed_t=fixed_t,
+        )  # fmt: skip
+    if "frame_mask" in batch:
+        cond["frame_mask"] = batch["frame_mask"]
+    return cond
 
 
 def _prepare_once(data_cfg: pipeline.DataConfig) -> None:
