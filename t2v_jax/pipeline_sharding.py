@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -73,11 +74,23 @@ def unet_init_fn(
     return lambda rng: init(rng, x, jnp.zeros((b,)), *text)
 
 
+def _smallest_shards(boxed: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Per param, the sampling rules' sharding, or the training rules' where that splits finer.
+
+    A width that `data` x `fsdp` does not divide would be replicated whole by the sampling rules
+    (`sharding.logical_to_spec`); over `fsdp` alone it may still split.
+    """
+    wide = sharding.logical_shardings(boxed, mesh, sampling_rules())
+    narrow = sharding.logical_shardings(boxed, mesh, sharding.DEFAULT_RULES)
+    size = lambda x, sh: math.prod(sh.shard_shape(x.shape))
+    pick = lambda x, a, b: a if size(x, a) <= size(x, b) else b
+    return jax.tree.map(pick, nn.unbox(boxed), wide, narrow)
+
+
 @functools.lru_cache(maxsize=32)
 def _unet_shardings(model: UNetConfig, frames: int, height: int, width: int, mesh) -> Any:
     init = unet_init_fn(model, frames, height, width, model.text_dim)
-    boxed = jax.eval_shape(init, jax.random.key(0))["params"]
-    return sharding.logical_shardings(boxed, mesh, sampling_rules())
+    return _smallest_shards(jax.eval_shape(init, jax.random.key(0))["params"], mesh)
 
 
 def param_shardings(model: UNetConfig, stage: Any, mesh: jax.sharding.Mesh, sharded: bool) -> Any:
@@ -91,15 +104,13 @@ def param_shardings(model: UNetConfig, stage: Any, mesh: jax.sharding.Mesh, shar
     return _unet_shardings(model, stage.frames, stage.height, stage.width, mesh)
 
 
-def t5_param_shardings(
-    config: Any, mesh: jax.sharding.Mesh, rules: sharding.Rules | None = None
-) -> Any:
+def t5_param_shardings(config: Any, mesh: jax.sharding.Mesh) -> Any:
     """NamedShardings of a `T5Encoder`'s (unboxed) params for sharded sampling, from shapes only."""
     from t2v_jax.text.t5 import T5Encoder
 
     tokens, mask = jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)
     boxed = jax.eval_shape(T5Encoder(config).init, jax.random.key(0), tokens, mask)["params"]
-    return sharding.logical_shardings(boxed, mesh, rules or sampling_rules())
+    return _smallest_shards(boxed, mesh)
 
 
 def tree_bytes(tree: Any) -> int:

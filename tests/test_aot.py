@@ -93,6 +93,22 @@ def test_over_budget_names_the_program():
     assert "DOES NOT FIT (train step)" in aot.format_report(report)
 
 
+def test_preflight_shards_the_sampler_that_does_not_fit_replicated():
+    # configs/tiny.py's base on 8 fake devices; 300 kB is below its replicated sampler program
+    # (~450 kB on XLA:CPU), so "auto" compiles the sharded program as Pipeline would run it.
+    config = configlib.load_config(str(ROOT / "configs/tiny.py:base"))
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 8, 1))
+    report = aot.preflight(config, mesh, batch_size=8, train=False, budget=("small", 300_000))
+    assert report.sampler_param_sharding == "sharded" and report.sampler_replicated
+    assert not report.train and "sampler" in report.over_budget()
+    # The sharded program's arguments hold a fraction of the params: at most ~1/8 of the big
+    # kernels plus the small leaves, against all of them replicated.
+    params = report.num_params * 4
+    replicated_args = report.sampler_replicated["argument_bytes"]
+    assert replicated_args - report.sampler["argument_bytes"] > params / 2
+    assert "params sharded" in aot.format_report(report)
+
+
 @pytest.mark.slow
 def test_shrunk_paper_stage_compiles_on_64_fake_devices(tmp_path):
     # A subprocess: the fake device count must be set before jax starts.

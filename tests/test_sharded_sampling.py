@@ -126,3 +126,15 @@ def test_sampling_rules_split_fsdp_params_over_all_batch_devices():
     rules = dict(pipeline_sharding.sampling_rules())
     assert rules[axes.EMBED] == ("data", "fsdp") and rules[axes.CONV_IN] == ("data", "fsdp")
     assert rules[axes.HEADS] == "tensor" and rules[axes.BATCH] == ("data", "fsdp")
+
+
+def test_a_width_data_x_fsdp_does_not_divide_still_splits_over_fsdp():
+    from t2v_jax.text.t5 import T5Config
+
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 2, 2))
+    # d_model 6: not a multiple of data*fsdp = 4 (the sampling rules would replicate it whole),
+    # a multiple of fsdp = 2 (the training rules split it).
+    config = T5Config(vocab_size=16, d_model=6, d_kv=2, d_ff=8, num_layers=1, num_heads=2)
+    shardings = pipeline_sharding.t5_param_shardings(config, mesh)
+    assert shardings["final_norm"]["scale"].shard_shape((6,)) == (3,)
+    assert shardings["layers_0"]["mlp"]["wo"].shard_shape((8, 6)) == (4, 3)  # [mlp, embed]

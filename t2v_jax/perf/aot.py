@@ -250,7 +250,7 @@ def _with_sharding(spec: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str
 
 
 def _train_parts(config, mesh, rules, batch_size):
-    """(task, train config, optimizer, schedule, abstract state, its shardings): shapes only."""
+    """(task, train config, optimizer, schedule, abstract state, its shardings, init): shapes only."""
     from t2v_jax.train import state as state_lib
     from t2v_jax.train import task as task_lib
 
@@ -260,7 +260,7 @@ def _train_parts(config, mesh, rules, batch_size):
     optimizer, schedule = state_lib.make_optimizer(train_cfg)
     init = state_lib.make_init_fn(task.init_params, optimizer)
     abstract_state, shardings = state_lib.state_shardings(init, mesh, rules)
-    return task, train_cfg, optimizer, schedule, abstract_state, shardings
+    return task, train_cfg, optimizer, schedule, abstract_state, shardings, init
 
 
 def lower_train_step(
@@ -275,7 +275,7 @@ def lower_train_step(
     """
     from t2v_jax.train import step as step_lib
 
-    task, train_cfg, optimizer, schedule, abstract_state, shardings = _train_parts(
+    task, train_cfg, optimizer, schedule, abstract_state, shardings, _ = _train_parts(
         config, mesh, rules, batch_size
     )
     step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
