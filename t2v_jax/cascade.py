@@ -394,7 +394,10 @@ class Pipeline:
         """Device memory one call of stage `index`'s program needs (None: not reported)."""
         state = jax.eval_shape(self._init_fn(index, batch), args[1])
         with self._compile_target():
-            analysis = fn.lower(*args, state, np.int32(0)).compile().memory_analysis()
+            try:
+                analysis = fn.lower(*args, state, np.int32(0)).compile().memory_analysis()
+            except jax.errors.JaxRuntimeError as e:  # a TPU refuses what cannot fit its HBM
+                return pipeline_sharding.refused_bytes(e)
         if analysis is None:
             return None
         return (

@@ -138,3 +138,14 @@ def test_a_width_data_x_fsdp_does_not_divide_still_splits_over_fsdp():
     shardings = pipeline_sharding.t5_param_shardings(config, mesh)
     assert shardings["final_norm"]["scale"].shard_shape((6,)) == (3,)
     assert shardings["layers_0"]["mlp"]["wo"].shard_shape((8, 6)) == (4, 3)  # [mlp, embed]
+
+
+def test_a_compile_refused_for_hbm_reads_as_not_fitting():
+    # The TPU compiler's refusal of the paper base's replicated sampler on v5e (measured).
+    refusal = RuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (21.97G) exceeds available HBM (15.75G)."
+    )
+    assert pipeline_sharding.refused_bytes(refusal) == int(21.97 * 2**30)
+    with pytest.raises(RuntimeError, match="something else"):
+        pipeline_sharding.refused_bytes(RuntimeError("something else"))

@@ -528,10 +528,15 @@ def _sampler_program(config, mesh, unet_params, batch, steps, mode, budget, timi
     """Compiles the stage's sampler with its params laid out as `mode` ("auto": as `Pipeline`)."""
     sharded = mode == "sharded"
     start = time.perf_counter()
-    compiled = lower_sampler_program(
-        config, mesh, unet_params, batch, steps, True, sharded
-    ).compile()
-    mem, out = _memory(compiled), {}
+    lowered = lower_sampler_program(config, mesh, unet_params, batch, steps, True, sharded)
+    try:
+        compiled = lowered.compile()
+        mem, out = _memory(compiled), {}
+    except jax.errors.JaxRuntimeError as e:
+        if mode != "auto":
+            raise
+        # The TPU compiler refuses a program over the chip's HBM; "auto" then shards.
+        mem, out = {"total_bytes": pipeline_sharding.refused_bytes(e), "refused": 1}, {}
     if mode == "auto" and budget and mem.get("total_bytes", 0) + resident > budget[1]:
         # What `Pipeline(param_sharding="auto")` does on a device too small for the replicated
         # program (the text encoder's resident params count here; the Pipeline sees them too).

@@ -41,7 +41,12 @@ def format_report(report: Any) -> str:
             f"  {report.text_encoder} params {report.text_param_sharding}: "
             f"{gib(report.text_params_bytes)} per chip stay resident while the stages sample"
         )
-    if report.sampler_replicated:
+    if report.sampler_replicated.get("refused"):
+        lines.append(
+            f"  sampler/replicated params: refused by the compiler, needs "
+            f"{report.sampler_replicated['total_bytes'] / 2**30:.4g} GiB of temporaries"
+        )
+    elif report.sampler_replicated:
         lines += _program_lines(
             "sampler/replicated params (does not fit)", report.sampler_replicated, 0
         )
