@@ -1,5 +1,6 @@
 """Pod pre-flight: divisibility errors name the config field; a shrunk paper stage compiles on 64 fake devices."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -138,3 +139,26 @@ def test_shrunk_paper_stage_compiles_on_64_fake_devices(tmp_path):
     assert full / 8 <= report["params_bytes"] < full / 4
     assert report["optimizer_bytes"] >= 2 * report["params_bytes"] * 0.9  # AdamW mu + nu
     assert report["train"]["temp_bytes"] > 0 and report["sampler"]["total_bytes"] > 0
+
+
+def _paper_table():
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "tools/paper_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_table_width_law_recovers_a_known_law():
+    table = _paper_table()
+    # temp(w) = 3e9*w + 5e9*w^2 (activations + gathered weights), sampled at widths /32 and /16:
+    law = lambda w: 3e9 * w + 5e9 * w * w
+    lin, quad = table.fit([(1 / 32, law(1 / 32)), (1 / 16, law(1 / 16))])
+    assert lin == pytest.approx(3e9) and quad == pytest.approx(5e9)
+    assert table.predict((lin, quad), 8) == pytest.approx(law(1 / 8))
+    # At full width and 4 samples per chip, only the activation term grows with the batch.
+    reports = {s: {"train": {"temp_bytes": law(1 / s)},
+                   "train_cost": {"flops": law(1 / s), "bytes_accessed": law(1 / s)}}
+               for s in (32, 16)}  # fmt: skip
+    full = table.extrapolate(reports, 4, "train")
+    assert full["temp"] == pytest.approx(4 * 3e9 + 5e9)
+    assert full["flops"] == pytest.approx(4 * (3e9 + 5e9))
