@@ -126,7 +126,7 @@ def place_text_encoder(
 
     "auto" shards when the device reports its capacity and the replicated encoder would take
     more than half of it (its activations are small next to its weights; the stages' params
-    need the rest). A T5-XXL encoder (4.7B params, ~19 GiB in fp32) is sharded on a 16 GiB v5e,
+    need the rest). A T5-XXL encoder (4.76B params, 17.7 GiB in fp32) is sharded on a 16 GiB v5e,
     replicated on a 95 GiB v5p. The encoder object is updated in place (its jitted forward
     follows its params' shardings).
     """

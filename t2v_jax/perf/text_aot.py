@@ -2,7 +2,7 @@
 
 `Pipeline.sample` encodes the prompts with the `TextEncoder`'s jitted forward before any stage
 runs, and the encoder's params stay on the device while the stages sample. For the paper's
-T5-XXL (4.7B params, ~19 GiB in fp32) that is a program of its own and a resident share of
+T5-XXL (4.76B params, 17.7 GiB in fp32) that is a program of its own and a resident share of
 every chip's memory, so the pre-flight compiles it beside the stages' samplers.
 """
 
