@@ -158,6 +158,7 @@ def choose_stage_sharding(
         only) and returns its per-device bytes; called only by "auto" with a known capacity.
       num_devices: the mesh's size; on one device there is nothing to shard over.
     """
+    check_mode(mode)  # also when set as an attribute of a Pipeline after construction
     if mode != "auto":
         return mode == "sharded"
     if capacity is None or num_devices == 1:
