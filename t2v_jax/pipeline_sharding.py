@@ -61,18 +61,25 @@ def sampling_rules(rules: sharding.Rules = sharding.DEFAULT_RULES) -> sharding.R
 def unet_init_fn(
     model: UNetConfig, frames: int, height: int, width: int, text_dim: int
 ) -> Callable[[jax.Array], Any]:
-    """`rng -> variables` of a stage's `VideoUNet` (boxed: leaves carry logical axis names)."""
+    """`rng -> variables` of a stage's `VideoUNet` (boxed: leaves carry logical axis names).
+
+    The dummy inputs are made inside the function, so under `jit` / `eval_shape` nothing of a
+    paper SR stage's size (ssr3: 128 x 768 x 1280 frames) is allocated.
+    """
     b = 1
-    kwargs = {}
-    if model.cond_channels:
-        kwargs = {
-            "cond_video": jnp.zeros((b, frames, height, width, model.cond_channels)),
-            "cond_log_snr": jnp.zeros((b,)),
-        }
-    init = functools.partial(VideoUNet(model).init, **kwargs)
-    x = jnp.zeros((b, frames, height, width, model.in_channels))  # [B, T, H, W, C]
-    text = jnp.zeros((b, 1, text_dim)), jnp.ones((b, 1), bool)  # [B, L, D], [B, L]
-    return lambda rng: init(rng, x, jnp.zeros((b,)), *text)
+
+    def init(rng):
+        x = jnp.zeros((b, frames, height, width, model.in_channels))  # [B, T, H, W, C]
+        kwargs = {}
+        if model.cond_channels:
+            kwargs = {
+                "cond_video": jnp.zeros((b, frames, height, width, model.cond_channels)),
+                "cond_log_snr": jnp.zeros((b,)),
+            }
+        text = jnp.zeros((b, 1, text_dim)), jnp.ones((b, 1), bool)  # [B, L, D], [B, L]
+        return VideoUNet(model).init(rng, x, jnp.zeros((b,)), *text, **kwargs)
+
+    return init
 
 
 def _smallest_shards(boxed: Any, mesh: jax.sharding.Mesh) -> Any:
