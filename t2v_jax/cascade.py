@@ -13,7 +13,6 @@ does not depend on the batch it was drawn in or on the number of devices.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import os
 import pathlib
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import pipeline_format, sharding
+from t2v_jax import pipeline_format, pipeline_sharding, sharding
 from t2v_jax.diffusion import guidance as guidance_lib
 from t2v_jax.diffusion import samplers, schedules
 from t2v_jax.models import platform
@@ -180,6 +179,9 @@ class Pipeline:
       mesh: where to sample; default: all devices as pure data parallelism.
       calls_per_stage: each stage's loop is split into about this many compiled calls of equal
         length (see `steps_per_call`); the progress bar moves between calls. 1 = one scan.
+      param_sharding: "replicated" (every device holds each stage's params), "sharded" (split
+        over the mesh by their logical axis names; see t2v_jax/pipeline_sharding.py) or "auto":
+        sharded only where the replicated program would not fit the device.
     """
 
     def __init__(
@@ -188,11 +190,13 @@ class Pipeline:
         stages: Sequence[Stage],
         mesh: jax.sharding.Mesh | None = None,
         calls_per_stage: int = CALLS_PER_STAGE,
+        param_sharding: str = "auto",
     ):
         if isinstance(calls_per_stage, bool) or not isinstance(calls_per_stage, int):
             raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage!r}")
         if calls_per_stage < 1:
             raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage}")
+        self.param_sharding = pipeline_sharding.check_mode(param_sharding)
         _check_chain(stages)
         for stage in stages:
             if stage.model.text_dim != text_encoder.d_model:
@@ -205,6 +209,7 @@ class Pipeline:
         self.mesh = mesh or sharding.make_mesh(sharding.MeshConfig())
         self.calls_per_stage = calls_per_stage
         self._compiled: dict[tuple, Any] = {}
+        self.param_placement: dict[str, str] = {}  # stage name -> params' layout in the last sample
 
     @property
     def fps(self) -> float:
@@ -220,7 +225,7 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------
     # The compiled per-stage sampler.
 
-    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool):
+    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool, sharded=False):
         """The jit-compiled program that runs `steps_per_call` denoising steps of stage `index`.
 
         `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
@@ -228,9 +233,10 @@ class Pipeline:
         call and `start` (int32, traced) is the first step's index. `sample` calls it
         num_steps / steps_per_call times. The guidance weights are traced inputs, so changing
         guidance_scale reuses the compiled loop; only switching guidance on or off (w == 1
-        skips the unconditional half) recompiles.
+        skips the unconditional half) recompiles. `sharded`: params come split over the mesh
+        (`pipeline_sharding.param_shardings`), not replicated.
         """
-        key = (index, batch, num_steps, guided)
+        key = (index, batch, num_steps, guided, sharded)
         if key in self._compiled:
             return self._compiled[key]
         stage = self.stages[index]
@@ -304,7 +310,7 @@ class Pipeline:
         fn = jax.jit(
             stage_steps,
             in_shardings=(
-                sharding.replicated(self.mesh),
+                pipeline_sharding.param_shardings(stage.model, cfg, self.mesh, sharded),
                 batch_sharded(1),
                 batch_sharded(3),
                 batch_sharded(2),
@@ -321,15 +327,32 @@ class Pipeline:
         self._compiled[key] = fn
         return fn
 
-    def stage_program(self, index: int, batch: int, num_steps: int, guided: bool):
+    def stage_program(
+        self, index: int, batch: int, num_steps: int, guided: bool, sharded: bool = False
+    ):
         """The jitted function `sample` calls for stage `index`, one chunk of steps per call.
 
         `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
         with the shardings `sample` uses (`state` is `samplers.init_state`'s, `start` an int32
         step index); tools lower and compile it ahead of time (t2v_jax/perf/aot.py) so that what
-        they measure is what `sample` runs.
+        they measure is what `sample` runs. `sharded`: the program with sharded params.
         """
-        return self._stage_fn(index, batch, num_steps, guided)
+        return self._stage_fn(index, batch, num_steps, guided, sharded)
+
+    def _place_stage(self, index: int, batch: int, num_steps: int, guided: bool, rest: tuple):
+        """(program, params on the device) of stage `index`, laid out as `param_sharding` says."""
+        stage, fn = self.stages[index], self._stage_fn(index, batch, num_steps, guided)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stage.params)
+        sharded = pipeline_sharding.choose_stage_sharding(
+            stage.config.name, self.param_sharding, device_memory_bytes(self.mesh.devices.flat[0]),
+            lambda: self._program_bytes(index, fn, (abstract, *rest), batch), self.mesh.size,
+        )  # fmt: skip
+        self.param_placement[stage.config.name] = "sharded" if sharded else "replicated"
+        # Placed once per stage, not per call: host (numpy) params would be copied by every call.
+        where = pipeline_sharding.param_shardings(stage.model, stage.config, self.mesh, sharded)
+        return self._stage_fn(index, batch, num_steps, guided, sharded), jax.device_put(
+            stage.params, where
+        )
 
     def _init_fn(self, index: int, batch: int):
         """jit-compiled `keys -> state`: stage `index`'s initial noise as a sampler state."""
@@ -376,7 +399,10 @@ class Pipeline:
         """Device memory one call of stage `index`'s program needs (None: not reported)."""
         state = jax.eval_shape(self._init_fn(index, batch), args[1])
         with self._compile_target():
-            analysis = fn.lower(*args, state, np.int32(0)).compile().memory_analysis()
+            try:
+                analysis = fn.lower(*args, state, np.int32(0)).compile().memory_analysis()
+            except jax.errors.JaxRuntimeError as e:  # a TPU refuses what cannot fit its HBM
+                return pipeline_sharding.refused_bytes(e)
         if analysis is None:
             return None
         return (
@@ -396,10 +422,12 @@ class Pipeline:
             return
         per_device_batch = max(1, batch // sharding.batch_divisor(self.mesh))
         fits = int(per_device_batch * capacity / needed) * sharding.batch_divisor(self.mesh)
+        name = self.stages[index].config.name
         raise MemoryPreflightError(
-            f"stage {self.stages[index].config.name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
+            f"stage {name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
             f"device but the device has {capacity / 2**30:.2f} GiB; the largest batch that fits is "
             f"about {fits} (fewer prompts or num_videos_per_prompt)"
+            + pipeline_sharding.hint(self.param_placement.get(name), self.mesh.size)
         )
 
     # ---------------------------------------------------------------------------------------
@@ -457,6 +485,10 @@ class Pipeline:
         batch = -(-n // divisor) * divisor  # padded rows are sliced off; noise is per row
         pad = [""] * (batch - n)
 
+        capacity = device_memory_bytes(self.mesh.devices.flat[0])  # None on CPU
+        pipeline_sharding.place_text_encoder(
+            self.text_encoder, self.mesh, self.param_sharding, capacity
+        )
         emb, mask = self.text_encoder.encode(expanded + pad)
         if negative_prompts is None:
             neg_emb, neg_mask = jnp.zeros_like(emb), jnp.zeros_like(mask)
@@ -489,12 +521,10 @@ class Pipeline:
                         rows
                     )
                 )
-                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity)
                 weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
-                # On the device once per stage, not once per call: host (numpy) params would
-                # be copied again by every call of the loop.
-                params = jax.device_put(stage.params, sharding.replicated(self.mesh))
-                args = (params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
+                rest = (keys, emb, mask, neg_emb, neg_mask, low, *weights)
+                fn, params = self._place_stage(i, batch, steps[i], not guidance.is_identity, rest)
+                args = (params, *rest)
                 self._preflight(i, fn, args, batch)
                 low = self._run_stage(i, fn, args, steps[i], bar)
                 if return_intermediates or callback is not None:
@@ -525,16 +555,8 @@ class Pipeline:
 
 def init_stage_params(model: UNetConfig, config: StageConfig, text_dim: int, rng: jax.Array) -> Any:
     """Randomly initialised parameters for a stage (tests, and the start of training)."""
-    b, t, h, w = 1, config.frames, config.height, config.width
-    x = jnp.zeros((b, t, h, w, model.in_channels))
-    kwargs = {"guidance_weight": jnp.ones((b,))} if model.guidance_input else {}
-    if model.cond_channels:
-        kwargs.update(
-            cond_video=jnp.zeros((b, t, h, w, model.cond_channels)), cond_log_snr=jnp.zeros((b,))
-        )
-    variables = jax.jit(functools.partial(VideoUNet(model).init, **kwargs))(
-        rng, x, jnp.zeros((b,)), jnp.zeros((b, 1, text_dim)), jnp.ones((b, 1), bool)
-    )
+    shape = (config.frames, config.height, config.width)
+    variables = jax.jit(pipeline_sharding.unet_init_fn(model, *shape, text_dim))(rng)
     return nn.unbox(variables["params"])
 
 

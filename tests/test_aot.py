@@ -1,11 +1,14 @@
 """Pod pre-flight: divisibility errors name the config field; a shrunk paper stage compiles on 64 fake devices."""
 
+import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import types
 
+import jax
 import pytest
 
 from t2v_jax import configlib, sharding
@@ -93,6 +96,67 @@ def test_over_budget_names_the_program():
     assert "DOES NOT FIT (train step)" in aot.format_report(report)
 
 
+class _Compiled:
+    """Stands in for a compiled program whose memory analysis says `total` bytes of arguments."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def memory_analysis(self):
+        return types.SimpleNamespace(
+            argument_size_in_bytes=self.total, output_size_in_bytes=0, temp_size_in_bytes=0,
+            alias_size_in_bytes=0, generated_code_size_in_bytes=0,
+        )  # fmt: skip
+
+    def cost_analysis(self):
+        return {}
+
+
+def _fake_sampler_lowering(monkeypatch, replicated):
+    """Sampler 'compiles' needing `replicated` bytes (or raising it) and 100 bytes sharded."""
+    calls = []
+
+    def compile_(sharded):
+        if not sharded and isinstance(replicated, Exception):
+            raise replicated
+        return _Compiled(100 if sharded else replicated)
+
+    def lower(config, mesh, params, batch, steps, guided, sharded):
+        calls.append(sharded)
+        return types.SimpleNamespace(compile=lambda: compile_(sharded))
+
+    monkeypatch.setattr(aot, "lower_sampler_program", lower)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("replicated", "budget", "layouts", "placement"),
+    [
+        (400, 500, [False], "replicated"),  # fits: one compile, as Pipeline's "auto"
+        (1000, 500, [False, True], "sharded"),  # over the budget: compiled again, sharded
+        # The TPU compiler refuses a program over the chip (measured on v5e-8, paper base).
+        (jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: ... required for HLO temporaries "
+                                    "(21.97G) exceeds available HBM (15.75G)."),
+         16 * 2**30, [False, True], "sharded"),
+    ],
+)  # fmt: skip
+def test_preflight_auto_sampler_layout(monkeypatch, replicated, budget, layouts, placement):
+    calls = _fake_sampler_lowering(monkeypatch, replicated)
+    out = aot._sampler_program(None, None, None, 8, 2, "auto", ("chip", budget), {}, 0)
+    assert calls == layouts and out["sampler_param_sharding"] == placement
+    if placement == "sharded":
+        assert out["sampler"]["total_bytes"] == 100
+        expected = 1000 if replicated == 1000 else int(21.97 * 2**30)
+        assert out["sampler_replicated"]["total_bytes"] == expected
+
+
+def test_preflight_auto_counts_the_resident_text_encoder(monkeypatch):
+    # 400 bytes fit a 500-byte chip alone, not beside 200 bytes of text-encoder params.
+    calls = _fake_sampler_lowering(monkeypatch, 400)
+    out = aot._sampler_program(None, None, None, 8, 2, "auto", ("chip", 500), {}, 200)
+    assert calls == [False, True] and out["sampler_param_sharding"] == "sharded"
+
+
 @pytest.mark.slow
 def test_shrunk_paper_stage_compiles_on_64_fake_devices(tmp_path):
     # A subprocess: the fake device count must be set before jax starts.
@@ -122,3 +186,26 @@ def test_shrunk_paper_stage_compiles_on_64_fake_devices(tmp_path):
     assert full / 8 <= report["params_bytes"] < full / 4
     assert report["optimizer_bytes"] >= 2 * report["params_bytes"] * 0.9  # AdamW mu + nu
     assert report["train"]["temp_bytes"] > 0 and report["sampler"]["total_bytes"] > 0
+
+
+def _paper_table():
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "tools/paper_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_table_width_law_recovers_a_known_law():
+    table = _paper_table()
+    # temp(w) = 3e9*w + 5e9*w^2 (activations + gathered weights), sampled at widths /32 and /16:
+    law = lambda w: 3e9 * w + 5e9 * w * w
+    lin, quad = table.fit([(1 / 32, law(1 / 32)), (1 / 16, law(1 / 16))])
+    assert lin == pytest.approx(3e9) and quad == pytest.approx(5e9)
+    assert table.predict((lin, quad), 8) == pytest.approx(law(1 / 8))
+    # At full width and 4 samples per chip, only the activation term grows with the batch.
+    reports = {s: {"train": {"temp_bytes": law(1 / s)},
+                   "train_cost": {"flops": law(1 / s), "bytes_accessed": law(1 / s)}}
+               for s in (32, 16)}  # fmt: skip
+    full = table.extrapolate(reports, 4, "train")
+    assert full["temp"] == pytest.approx(4 * 3e9 + 5e9)
+    assert full["flops"] == pytest.approx(4 * (3e9 + 5e9))

@@ -12,6 +12,7 @@ not split over the mesh or does not fit the budget.
   python tools/aot_check.py --topology v5e:2x2 --config configs/tiny.py --stages base --batch 4
   python tools/aot_check.py --stages base --mesh 1,64,1 --batch 64 --budget v5e=16GB  # no libtpu
   python tools/aot_check.py --stages tsr1 --mesh 8,8,1 --batch 64 --shrink 8  # quick look
+  python tools/aot_check.py --topology v5e-8 --stages base --no-train --text-encoder t5-xxl
 
 Cost: minutes per paper-scale stage on a 2-core CPU (compile only); seconds with --shrink or
 configs/tiny.py. docs/tpu_preflight.md has measured compile times and host memory.
@@ -69,6 +70,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="divide every width by this (fast compiles; shapes and depth stay)",
     )
     parser.add_argument("--no-sampler", action="store_true", help="compile the train step only")
+    parser.add_argument(
+        "--no-train", action="store_true", help="compile the sampling programs only"
+    )
+    parser.add_argument(
+        "--sampler-params",
+        default="auto",
+        choices=("auto", "replicated", "sharded"),
+        help="the sampler's params as Pipeline(param_sharding=...) lays them out; auto: "
+        "replicated unless that does not fit the budget",
+    )
+    parser.add_argument(
+        "--text-encoder",
+        default=None,
+        choices=("t5-xxl",),
+        help="also compile the sampling pipeline's text encoder (its params stay resident)",
+    )
     parser.add_argument(
         "--sample-steps", type=int, default=2, help="denoising steps of the compiled sampler"
     )
@@ -150,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             report = aot.preflight(config, mesh, batch_size=args.batch,
                                    sample_batch_size=args.sample_batch, budget=budget,
                                    sampler=not args.no_sampler, sampler_steps=args.sample_steps,
-                                   topology=topology)  # fmt: skip
+                                   topology=topology, train=not args.no_train,
+                                   sampler_params=args.sampler_params,
+                                   text_encoder=args.text_encoder)  # fmt: skip
         except aot.PreflightError as e:
             print(f"FAIL {e}")
             reports.append({"stage": stage, "error": str(e)})
@@ -163,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"FAIL stage {stage}: the {', '.join(report.over_budget())} needs more than "
                 f"{budget[0]}'s {budget[1] / 2**30:.1f} GiB per device; raise fsdp/tensor, "
-                "lower train.batch_size, or keep model.remat=True"
+                "lower train.batch_size, keep model.remat=True, or sample with "
+                "--sampler-params sharded (Pipeline(param_sharding='sharded'))"
             )
     if args.json:
         with open(args.json, "w") as f:

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from t2v_jax import cascade, configlib, sharding
+from t2v_jax import cascade, configlib, pipeline_sharding, sharding
 from t2v_jax.diffusion import samplers
 from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
-from t2v_jax.perf import chips
+from t2v_jax.perf import aot_report, chips
 
 # Per-chip memory of common accelerators, in bytes (HBM as the vendors state it, GiB).
 DEVICE_BUDGETS = {
@@ -249,6 +249,20 @@ def _with_sharding(spec: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict[str
     }
 
 
+def _train_parts(config, mesh, rules, batch_size):
+    """(task, train config, optimizer, schedule, abstract state, its shardings, init): shapes only."""
+    from t2v_jax.train import state as state_lib
+    from t2v_jax.train import task as task_lib
+
+    experiment = shapes_only_experiment(config, batch_size)
+    task = task_lib.diffusion_task(experiment)
+    train_cfg = configlib.from_config(state_lib.TrainConfig, experiment.train, "train")
+    optimizer, schedule = state_lib.make_optimizer(train_cfg)
+    init = state_lib.make_init_fn(task.init_params, optimizer)
+    abstract_state, shardings = state_lib.state_shardings(init, mesh, rules)
+    return task, train_cfg, optimizer, schedule, abstract_state, shardings, init
+
+
 def lower_train_step(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: sharding.Rules,
     batch_size: int,
@@ -259,16 +273,11 @@ def lower_train_step(
       (lowered, abstract_state, abstract_batch): the `jax.stages.Lowered` program and its
       ShapeDtypeStruct arguments (with shardings).
     """
-    from t2v_jax.train import state as state_lib
     from t2v_jax.train import step as step_lib
-    from t2v_jax.train import task as task_lib
 
-    experiment = shapes_only_experiment(config, batch_size)
-    task = task_lib.diffusion_task(experiment)
-    train_cfg = configlib.from_config(state_lib.TrainConfig, experiment.train, "train")
-    optimizer, schedule = state_lib.make_optimizer(train_cfg)
-    init = state_lib.make_init_fn(task.init_params, optimizer)
-    abstract_state, shardings = state_lib.state_shardings(init, mesh, rules)
+    task, train_cfg, optimizer, schedule, abstract_state, shardings, _ = _train_parts(
+        config, mesh, rules, batch_size
+    )
     step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
     batch = _with_sharding(train_batch_spec(config, batch_size), mesh)
     jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
@@ -285,12 +294,13 @@ class _ShapesOnlyText:
 
 def lower_sampler_program(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, param_abstract: Any,
-    batch_size: int, num_steps: int = 2, guided: bool = True,
+    batch_size: int, num_steps: int = 2, guided: bool = True, sharded_params: bool = False,
 ) -> Any:  # fmt: skip
     """The `Pipeline`'s own jitted per-stage sampler (`Pipeline.stage_program`), lowered.
 
     The stage is put in a Pipeline on `mesh` with shapes-only parameters, so the program is
-    exactly what `Pipeline.sample` runs: params replicated in fp32, the batch split over
+    exactly what `Pipeline.sample` runs: params in fp32, replicated or (`sharded_params`) split
+    as `param_sharding="sharded"` splits them (t2v_jax/pipeline_sharding.py), the batch split over
     (`data`, `fsdp`), one call's chunk of the `lax.scan` over `num_steps` (the TPU compiler
     costs a scan body once, so its figures are per denoising step), guidance on. An SR stage sits
     second, after a placeholder base stage of its input's size (never compiled), because
@@ -309,7 +319,7 @@ def lower_sampler_program(
         stages.insert(0, cascade.Stage(below, model, None))
     pipe = cascade.Pipeline(_ShapesOnlyText(model.text_dim), stages, mesh=mesh)
     index = len(stages) - 1
-    fn = pipe.stage_program(index, batch_size, num_steps, guided)
+    fn = pipe.stage_program(index, batch_size, num_steps, guided, sharded_params)
     b, length = batch_size, int(config.get("text", {}).get("max_length", 128))
     sds = jax.ShapeDtypeStruct
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
@@ -353,6 +363,15 @@ class PreflightReport:
     sampler_cost: dict[str, float] = dataclasses.field(default_factory=dict)
     sampler_steps: int = 0
     chip: chips.Chip | None = None
+    # How the sampler's params were laid out ("replicated" or "sharded", see
+    # t2v_jax/pipeline_sharding.py) and, when "auto" had to shard, the replicated program's memory.
+    sampler_param_sharding: str = "replicated"
+    sampler_replicated: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The text encoder's program (`text_aot`), its params' layout and their resident share.
+    text_encoder: str | None = None
+    text: dict[str, int] = dataclasses.field(default_factory=dict)
+    text_param_sharding: str = "replicated"
+    text_params_bytes: int = 0
 
     @property
     def train_activation_bytes(self) -> int:
@@ -363,9 +382,15 @@ class PreflightReport:
         """Which programs need more than the budget per device (empty when they fit)."""
         if self.budget_bytes is None:
             return []
+        # While a stage samples, the text encoder's params stay on the device beside it.
+        programs = (
+            ("train step", self.train, 0),
+            ("sampler", self.sampler, self.text_params_bytes),
+            ("text encoder", self.text, 0),
+        )
         return [
-            name for name, mem in (("train step", self.train), ("sampler", self.sampler))
-            if mem.get("total_bytes", 0) > self.budget_bytes
+            name for name, mem, resident in programs
+            if mem and mem.get("total_bytes", 0) + resident > self.budget_bytes
         ]  # fmt: skip
 
     def rooflines(self) -> dict[str, dict[str, float]]:
@@ -398,7 +423,8 @@ def preflight(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, batch_size: int,
     sample_batch_size: int | None = None, budget: tuple[str, int] | None = None,
     rules: sharding.Rules | None = None, sampler: bool = True, sampler_steps: int = 2,
-    topology: chips.Topology | None = None,
+    topology: chips.Topology | None = None, train: bool = True, sampler_params: str = "auto",
+    text_encoder: str | None = None,
 ) -> PreflightReport:  # fmt: skip
     """Checks divisibility, then compiles the train step (and the stage's sampler) for `mesh`.
 
@@ -418,6 +444,12 @@ def preflight(
         analysis grows with them: the TPU compiler counts the `lax.scan` body once (measured:
         the same FLOPs for 2 and 4 steps), so the sampler's cost is one denoising step's.
       topology: the TPU slice `mesh` was made from (gives the chip for the roofline).
+      train: compile the train step (False: the sampling programs only).
+      sampler_params: the sampler's params "replicated", "sharded" or "auto" (as `Pipeline`'s
+        `param_sharding`: replicated unless that program is over `budget`, then sharded).
+      text_encoder: also compile the sampling pipeline's text encoder ("t5-xxl"), its params
+        sharded under "sharded", or under "auto" when they take over half the budget (as
+        `Pipeline` decides); its resident params count against the sampler's budget.
 
     Raises:
       PreflightError: the shapes do not split over the mesh (before compiling), or a program
@@ -434,24 +466,38 @@ def preflight(
             f"sample_batch_size={sample_batch_size} is not a multiple of the mesh's "
             f"data*fsdp={sharding.batch_divisor(mesh)}"
         )
+    pipeline_sharding.check_mode(sampler_params)
+    if text_encoder is not None:
+        from t2v_jax.perf import text_aot
+
+        if text_encoder not in text_aot.TEXT_ENCODERS:
+            raise ValueError(
+                f"text_encoder: expected one of {', '.join(text_aot.TEXT_ENCODERS)}, "
+                f"got {text_encoder!r}"
+            )
     target = platform.platform_of(mesh)
     timings = {}
+    train_mem: dict[str, int] = {}
+    train_cost: dict[str, float] = {}
+    sampling: dict[str, Any] = {}
     with platform.compile_target(target, mesh):
-        start = time.perf_counter()
-        lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)
-        compiled = lowered.compile()
-        timings["train_step"] = time.perf_counter() - start
-        train_mem, train_cost = _memory(compiled), _cost(compiled)
-        sampler_mem: dict[str, int] = {}
-        sampler_cost: dict[str, float] = {}
-        if sampler:
+        if train:
             start = time.perf_counter()
-            unet_params = abstract_state.ema_params["unet"]
-            compiled = lower_sampler_program(
-                config, mesh, unet_params, sample_batch_size, sampler_steps
-            ).compile()
-            sampler_mem, sampler_cost = _memory(compiled), _cost(compiled)
-            timings["sampler"] = time.perf_counter() - start
+            lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)
+            compiled = lowered.compile()
+            timings["train_step"] = time.perf_counter() - start
+            train_mem, train_cost = _memory(compiled), _cost(compiled)
+        else:
+            abstract_state = _train_parts(config, mesh, rules, batch_size)[4]
+        if text_encoder:
+            sampling.update(_text_program(text_encoder, config, mesh, sample_batch_size,
+                                          sampler_params, budget, timings))  # fmt: skip
+        if sampler:
+            sampling.update(_sampler_program(config, mesh, abstract_state.ema_params["unet"],
+                                             sample_batch_size, sampler_steps, sampler_params,
+                                             budget, timings,
+                                             sampling.get("text_params_bytes", 0)))  # fmt: skip
+    sampler_cost = sampling.pop("sampler_cost", {})
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
     return PreflightReport(
         stage=str(config.stage.name),
@@ -463,7 +509,7 @@ def preflight(
         ema_bytes=_per_device_bytes(abstract_state.ema_params),
         optimizer_bytes=_per_device_bytes(abstract_state.opt_state),
         train=train_mem,
-        sampler=sampler_mem,
+        sampler=sampling.pop("sampler", {}),
         compile_s={k: round(v, 2) for k, v in timings.items()},
         budget_label=budget[0] if budget else None,
         budget_bytes=budget[1] if budget else None,
@@ -473,55 +519,54 @@ def preflight(
         sampler_cost=sampler_cost if target == "tpu" else {},
         sampler_steps=sampler_steps if sampler else 0,
         chip=topology.chip if topology else None,
+        text_encoder=text_encoder,
+        **sampling,
     )
 
 
-def _program_lines(name: str, mem: dict[str, int], seconds: float) -> list[str]:
-    gib = lambda n: f"{n / 2**30:.4g} GiB"
-    return [
-        f"  {name:<11} {gib(mem.get('total_bytes', 0))} total = args "
-        f"{gib(mem.get('argument_bytes', 0))} + out {gib(mem.get('output_bytes', 0))} - aliased "
-        f"{gib(mem.get('alias_bytes', 0))} + temp {gib(mem.get('temp_bytes', 0))}; code "
-        f"{gib(mem.get('code_bytes', 0))} (compiled in {seconds:.1f} s)"
-    ]
+def _sampler_program(config, mesh, unet_params, batch, steps, mode, budget, timings, resident):
+    """Compiles the stage's sampler with its params laid out as `mode` ("auto": as `Pipeline`)."""
+    sharded = mode == "sharded"
+    start = time.perf_counter()
+    lowered = lower_sampler_program(config, mesh, unet_params, batch, steps, True, sharded)
+    try:
+        compiled = lowered.compile()
+        mem, out = _memory(compiled), {}
+    except jax.errors.JaxRuntimeError as e:
+        if mode != "auto":
+            raise
+        # The TPU compiler refuses a program over the chip's HBM; "auto" then shards.
+        mem, out = {"total_bytes": pipeline_sharding.refused_bytes(e), "refused": 1}, {}
+    if mode == "auto" and budget and mem.get("total_bytes", 0) + resident > budget[1]:
+        # What `Pipeline(param_sharding="auto")` does on a device too small for the replicated
+        # program (the text encoder's resident params count here; the Pipeline sees them too).
+        out["sampler_replicated"], sharded = mem, True
+        compiled = lower_sampler_program(config, mesh, unet_params, batch, steps, True, True)
+        compiled = compiled.compile()
+        mem = _memory(compiled)
+    timings["sampler"] = time.perf_counter() - start
+    out.update(sampler=mem, sampler_cost=_cost(compiled),
+               sampler_param_sharding="sharded" if sharded else "replicated")  # fmt: skip
+    return out
 
 
-def format_report(report: PreflightReport) -> str:
-    """A few human-readable lines (GiB per chip; FLOPs and roofline time on a TPU topology)."""
-    gib = lambda n: f"{n / 2**30:8.3f} GiB"
-    mesh = " x ".join(f"{k}={v}" for k, v in report.mesh.items())
-    where = (
-        f"TPU compiler, {report.topology}"
-        if report.platform == "tpu"
-        else f"{report.platform.upper()} compiler on fake devices: an ESTIMATE of a TPU's memory"
-    )
-    lines = [
-        f"stage {report.stage}: {report.num_params / 1e9:.3f}B params, mesh {mesh}, "
-        f"train batch {report.batch_size}, sample batch {report.sample_batch_size} ({where})",
-        f"  params      {gib(report.params_bytes)} per chip",
-        f"  EMA params  {gib(report.ema_bytes)}",
-        f"  optimizer   {gib(report.optimizer_bytes)}",
-        *_program_lines("train step", report.train, report.compile_s.get("train_step", 0)),
-    ]
-    if report.sampler:
-        lines += _program_lines(
-            f"sampler/{report.sampler_steps}", report.sampler, report.compile_s.get("sampler", 0)
-        )
-    programs = (("train step", report.train_cost), ("sampler step", report.sampler_cost))
-    for name, cost in programs:
-        if cost:
-            lines.append(
-                f"  {name:<12} {cost['flops']:.4g} FLOP, {cost['bytes_accessed']:.4g} bytes "
-                f"accessed per chip, {cost['pallas_kernels']} Pallas kernels"
-            )
-    for name, roof in report.rooflines().items():
-        lines.append(
-            f"  roofline {name}: {roof['step_s'] * 1e3:.4g} ms ({roof['bound']}-bound: compute "
-            f"{roof['compute_s'] * 1e3:.4g} ms, HBM {roof['memory_s'] * 1e3:.4g} ms), "
-            f"MFU <= {roof['mfu']:.1%} on {report.chip.name}"
-        )
-    if report.budget_bytes is not None:
-        over = report.over_budget()
-        verdict = "FITS" if not over else f"DOES NOT FIT ({', '.join(over)})"
-        lines.append(f"  budget {report.budget_label}: {gib(report.budget_bytes)} -> {verdict}")
-    return "\n".join(lines)
+def _text_program(name, config, mesh, batch, mode, budget, timings):
+    """Compiles the text encoder `name` the way `Pipeline` would place it."""
+    from t2v_jax.perf import text_aot
+
+    t5 = text_aot.TEXT_ENCODERS[name]
+    full = text_aot.resident_param_bytes(t5, mesh, sharded=False)
+    sharded = mode == "sharded" or (mode == "auto" and budget is not None and full > budget[1] // 2)
+    length = int(config.get("text", {}).get("max_length", 128))
+    start = time.perf_counter()
+    compiled = text_aot.lower_text_encoder(t5, mesh, batch, length, sharded).compile()
+    timings["text_encoder"] = time.perf_counter() - start
+    return {
+        "text": _memory(compiled),
+        "text_param_sharding": "sharded" if sharded else "replicated",
+        "text_params_bytes": text_aot.resident_param_bytes(t5, mesh, sharded),
+    }
+
+
+# Kept here too: tools and tests print reports with `aot.format_report`.
+format_report = aot_report.format_report

@@ -1,0 +1,345 @@
+"""The paper-scale TPU table: every Imagen Video stage on big slices, from exact state sizes and shrunk TPU compiles.
+
+A full paper stage does not compile on a 2-core, 24 GB host in a session (the base train step at
+1/8 width took 20 min and > 10 GB), so each row combines:
+  * exact per-chip bytes of the params, EMA params and AdamW state on the big slice (the abstract
+    sharded train state: shapes only, nothing compiled; fsdp over every chip);
+  * temporaries, FLOPs and HBM bytes from the TPU compiler on a small slice of the same chip
+    (`--small`, mesh 1,CHIPS,1, one sample per chip) at two shrunk widths (`--shrinks`, every
+    width divided, shapes and depth kept), fitted per stage as
+      temp(w) = a*w + c*w^2,   FLOPs(w) = p*w^2 + q*w,   bytes(w) = u*w^2 + v*w
+    (w = width / paper width: activations grow with w, weights and dense/conv FLOPs with w^2,
+    attention's QK^T/AV FLOPs with w at fixed tokens), then extrapolated to w = 1 with the
+    activation terms (a, p, q, v) times the big slice's per-chip batch; `--check` compiles a
+    third width of one stage and prints the law's prediction error there.
+  * a roofline step time max(FLOPs / peak, bytes / HBM bandwidth) from t2v_jax/perf/chips.py
+    (collectives not counted: an upper bound on speed).
+Where a training row does not fit, the tool halves the per-chip batch until it does and shows
+that setting (the knobs: train.batch_size, model.remat, the mesh's fsdp); a sampling row whose
+replicated params do not fit is shown with Pipeline(param_sharding="sharded").
+
+  python tools/paper_table.py --slices v5p-128,v5e-256 --shrinks 32,16 --check base:8 \
+      --cache /tmp/paper_table.json > table.md
+
+Each shrunk compile runs `tools/aot_check.py --topology` in a subprocess (one at a time), timed
+and with its peak host memory, and is cached in --cache by (stage, chip, shrink), so a rerun only
+compiles what is missing. Needs libtpu (the tpu extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STAGES = ("base", "tsr1", "ssr1", "tsr2", "ssr2", "tsr3", "ssr3")  # the paper's order
+GiB = 2**30
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/imagen_video.py")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--slices", default="v5p-128,v5e-256", help="the table's TPU slices")
+    parser.add_argument(
+        "--small",
+        default="v5p:2x2x1,v5e:2x2",
+        help="per chip kind, the slice the shrunk programs compile for",
+    )
+    parser.add_argument("--shrinks", default="32,16", help="the two fitted width divisors")
+    parser.add_argument("--check", default=None, help="STAGE:SHRINK compiled to test the law")
+    parser.add_argument("--cache", default="paper_table_cache.json")
+    parser.add_argument("--compile-only", action="store_true", help="fill the cache, no table")
+    parser.add_argument(
+        "--state-only",
+        action="store_true",
+        help="only the exact columns (no compiles): meshes, state bytes per chip",
+    )
+    return parser.parse_args(argv)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Shrunk compiles (subprocesses: the TPU compile is the expensive part, and its memory is freed).
+
+
+def _compile(config: str, stage: str, small: str, shrink: int, blocks: int | None) -> dict:
+    """aot_check.py's JSON report of one shrunk stage, plus wall time and peak host RSS."""
+    out = pathlib.Path(f"/tmp/paper_table_{stage}_{small.replace(':', '_')}_{shrink}.json")
+    if blocks is not None:
+        config = _fewer_blocks_config(config, blocks)
+    chips = _chip_count(small)
+    cmd = ["/usr/bin/time", "-v", sys.executable, str(ROOT / "tools/aot_check.py"),
+           "--topology", small, "--config", config, "--stages", stage, "--batch", str(chips),
+           "--sample-batch", str(chips), "--shrink", str(shrink), "--sampler-params", "sharded",
+           "--json", str(out)]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if not out.exists():
+        raise RuntimeError(f"{stage} /{shrink} on {small} failed:\n{proc.stdout[-3000:]}")
+    (report,) = json.loads(out.read_text())
+    report["host"] = {
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": int(rss[1]) / 2**20 if rss else None,
+    }
+    return report
+
+
+def _fewer_blocks_config(config: str, blocks: int) -> str:
+    path = pathlib.Path(f"/tmp/paper_table_blocks{blocks}.py")
+    path.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('paper', {str(ROOT / config)!r})\n"
+        "paper = importlib.util.module_from_spec(spec); spec.loader.exec_module(paper)\n"
+        "def get_config(arg):\n"
+        "    config = paper.get_config(arg)\n"
+        f"    config.model.num_res_blocks = {blocks}\n"
+        "    return config\n"
+    )
+    return str(path)
+
+
+def _chip_count(name: str) -> int:
+    from t2v_jax.perf import chips
+
+    return chips.parse_topology(name).num_chips
+
+
+# ------------------------------------------------------------------------------------------
+# Exact state bytes on the big slice (abstract mesh: no devices, nothing compiled).
+
+
+def state_bytes(config_path: str, stage: str, chip_counts: list[int]) -> dict[int, dict]:
+    """{chips: the mesh and per-chip bytes of params, EMA and AdamW state on it}.
+
+    The mesh is (chips / fsdp, fsdp, 1) with the largest power-of-two fsdp that every sharded
+    width divides (`aot.check_divisibility`): a width fsdp does not divide would be replicated
+    whole (the paper base's 704-channel levels on fsdp=256 would put 2.7 GiB of params on
+    every chip instead of 0.35 GiB), so the rest of the chips go to `data`.
+    """
+    import flax.linen as nn
+    import jax
+    from jax.sharding import AbstractMesh, AxisType
+
+    from t2v_jax import configlib, sharding
+    from t2v_jax.perf import aot
+
+    config = configlib.load_config(f"{config_path}:{stage}")
+    rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
+    mesh = lambda d, f: AbstractMesh((d, f, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    init = aot._train_parts(config, mesh(1, 1), rules, 1)[6]
+    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))  # traced once, sharded per slice
+    out = {}
+    for n in chip_counts:
+        fsdp = n
+        while fsdp > 1:
+            try:
+                aot.check_divisibility(config, mesh(n // fsdp, fsdp), rules, n)
+                break
+            except aot.PreflightError:
+                fsdp //= 2
+        shardings = sharding.logical_shardings(boxed, mesh(n // fsdp, fsdp), rules)
+        state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            nn.unbox(boxed), shardings,
+        )  # fmt: skip
+        out[n] = {
+            "mesh": [n // fsdp, fsdp, 1],
+            "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+            "params": aot._per_device_bytes(state.params),
+            "ema": aot._per_device_bytes(state.ema_params),
+            "opt": aot._per_device_bytes(state.opt_state),
+            "params_replicated": sum(
+                x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)
+            ),
+            "batch": int(config.train.batch_size),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The width law.
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(lin, quad) with y = lin*w + quad*w^2 through two (w, y) points."""
+    (w1, y1), (w2, y2) = points
+    quad = (y1 / w1 - y2 / w2) / (w1 - w2)
+    return y1 / w1 - quad * w1, quad
+
+
+def extrapolate(reports: dict[int, dict], per_chip_batch: int, program: str) -> dict:
+    """Full-width temp bytes, FLOPs and HBM bytes of `program` ("train" / "sampler") per chip."""
+    pts = sorted(reports.items())
+    cost = f"{program}_cost"
+    get = lambda key, r: r[program]["temp_bytes"] if key == "temp" else r[cost][key]
+    out = {}
+    for key in ("temp", "flops", "bytes_accessed"):
+        lin, quad = fit([(1 / s, get(key, r)) for s, r in pts])
+        if key == "temp":  # activations (lin) grow with the batch; gathered weights do not
+            out[key] = per_chip_batch * lin + quad
+        elif key == "flops":  # every FLOP is per sample
+            out[key] = per_chip_batch * (lin + quad)
+        else:  # weights are read once a step, activations per sample
+            out[key] = per_chip_batch * lin + quad
+        out[f"{key}_law"] = (lin, quad)
+    return out
+
+
+def predict(law: tuple[float, float], shrink: int) -> float:
+    lin, quad = law
+    return lin / shrink + quad / shrink**2
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    from t2v_jax.perf import chips
+
+    stages = args.stages.split(",")
+    shrinks = [int(s) for s in args.shrinks.split(",")]
+    small = {chips.parse_topology(s).chip.name: s for s in args.small.split(",")}
+    slices = [chips.parse_topology(s) for s in args.slices.split(",")]
+    cache_path = pathlib.Path(args.cache)
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    check = args.check.split(":") if args.check else None
+    if args.state_only:
+        print(state_table(args.config, stages, slices, cache))
+        cache_path.write_text(json.dumps(cache, indent=1))
+        return 0
+
+    def compiled(stage, kind, shrink):
+        key = f"{stage}|{small[kind]}|{shrink}|{None}"
+        if key not in cache:
+            print(f"compiling {key}", file=sys.stderr, flush=True)
+            cache[key] = _compile(args.config, stage, small[kind], shrink, None)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        return cache[key]
+
+    for kind in small:
+        for stage in stages:
+            for shrink in shrinks:
+                compiled(stage, kind, shrink)
+        if check:
+            compiled(check[0], kind, int(check[1]))
+    if args.compile_only:
+        return 0
+    print(table(args, stages, shrinks, slices, small, compiled, check, cache))
+    cache_path.write_text(json.dumps(cache, indent=1))
+    return 0
+
+
+def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
+    from t2v_jax.perf import chips
+
+    rows = [
+        "| stage | slice (chips) | mesh data,fsdp,tensor | program | batch (per chip) | params+EMA+opt / chip | "
+        "temp / chip (extrap.) | total / chip | fits | est. step (roofline) | fix |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes, host = [], []
+    for stage in stages:
+        for topo in slices:
+            kind, n = topo.chip.name, topo.num_chips
+            state = _cached_state(args.config, stage, slices, cache)[str(n)]
+            reports = {s: compiled(stage, kind, s) for s in shrinks}
+            train_batch = state["batch"]
+            per_chip = max(1, train_batch // n)
+            fixed = None
+            while True:
+                train = extrapolate(reports, per_chip, "train")
+                total = state["params"] + state["ema"] + state["opt"] + train["temp"]
+                if total <= topo.chip.hbm_bytes or per_chip == 1:
+                    break
+                per_chip //= 2
+                fixed = f"train.batch_size={per_chip * n}"
+            roof = chips.roofline(train["flops"], train["bytes_accessed"], topo.chip)
+            mesh = ",".join(map(str, state["mesh"]))
+            rows.append(_row(stage, topo, mesh, "train", f"{per_chip * n} ({per_chip})",
+                             state["params"] + state["ema"] + state["opt"], train["temp"], total,
+                             roof, fixed or ("" if total <= topo.chip.hbm_bytes else "does not fit")))  # fmt: skip
+            sample = extrapolate(reports, 1, "sampler")
+            resident = state["params_replicated"]
+            fix = ""
+            if resident + sample["temp"] > topo.chip.hbm_bytes:
+                resident, fix = state["params"], "param_sharding='sharded'"
+            roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
+            rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
+                             resident + sample["temp"], roof, fix))  # fmt: skip
+        for s, r in sorted(reports.items()):
+            host.append(f"| {stage} | {small[kind]} | /{s} | {r['compile_s'].get('train_step', 0):.0f} "
+                        f"| {r['compile_s'].get('sampler', 0):.0f} | {r['host']['wall_s']:.0f} "
+                        f"| {r['host']['peak_rss_gib']:.1f} |")  # fmt: skip
+    if check:
+        stage, shrink = check[0], int(check[1])
+        for kind in small:
+            measured = compiled(stage, kind, shrink)
+            reports = {s: compiled(stage, kind, s) for s in shrinks}
+            law = extrapolate(reports, 1, "train")
+            for key, value in (("temp", measured["train"]["temp_bytes"]),
+                               ("flops", measured["train_cost"]["flops"])):  # fmt: skip
+                guess = predict(law[f"{key}_law"], shrink)
+                notes.append(f"- {stage} train {key} at /{shrink} on {small[kind]}: law "
+                             f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
+    out = "\n".join(rows)
+    out += "\n\nLaw check (a third width, compiled):\n" + "\n".join(notes) if notes else ""
+    out += ("\n\nShrunk compiles (s: TPU compile; wall and peak RSS of the whole process):\n"
+            "| stage | slice | width | train compile s | sampler compile s | wall s | peak RSS GiB |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(host))  # fmt: skip
+    return out
+
+
+def _cached_state(config, stage, slices, cache) -> dict:
+    key = f"state|{stage}"
+    if key not in cache:
+        counts = [t.num_chips for t in slices]
+        cache[key] = {str(k): v for k, v in state_bytes(config, stage, counts).items()}
+    return cache[key]
+
+
+def state_table(config, stages, slices, cache) -> str:
+    """The exact columns: per slice and stage, the mesh and what each chip holds (no compile)."""
+    rows = [
+        "| stage | params | slice (chips) | mesh data,fsdp,tensor | train batch (per chip) | "
+        "params + EMA + AdamW / chip | sampling params / chip: replicated, sharded | "
+        "replicated sampling params fit? |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stage in stages:
+        state = _cached_state(config, stage, slices, cache)
+        for topo in slices:
+            st = state[str(topo.num_chips)]
+            data, fsdp, _ = st["mesh"]
+            train = st["params"] + st["ema"] + st["opt"]
+            # Sampling with sharded params splits over data x fsdp where widths divide; the
+            # fsdp-only share is the upper bound shown.
+            fits = "yes" if st["params_replicated"] < topo.chip.hbm_bytes else "**no**: sharded"
+            rows.append(
+                f"| {stage} | {st['num_params'] / 1e9:.2f}B | {topo.name} ({topo.num_chips}) | "
+                f"{data},{fsdp},1 | {st['batch']} ({max(1, st['batch'] // topo.num_chips)}) | "
+                f"{train / GiB:.2f} GiB | {st['params_replicated'] / GiB:.2f} GiB, <= "
+                f"{st['params'] / GiB:.2f} GiB | {fits} |"
+            )
+    return "\n".join(rows)
+
+
+def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix) -> str:
+    fits = "yes" if total <= topo.chip.hbm_bytes else "**no**"
+    return (f"| {stage} | {topo.name} ({topo.num_chips}) | {mesh} | {program} | {batch} | "
+            f"{state / GiB:.2f} GiB | {temp / GiB:.2f} GiB | {total / GiB:.2f} / "
+            f"{topo.chip.hbm_bytes / GiB:.0f} GiB | {fits} | {roof['step_s'] * 1e3:.0f} ms "
+            f"({roof['bound']}) | {fix} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
