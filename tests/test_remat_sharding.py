@@ -3,7 +3,7 @@
 The policies are checked on one ResBlock, where the recomputed ops can be counted by hand, and
 their wiring into VideoUNet on its traced program; that every policy leaves the loss and the
 gradients unchanged is `test_unet.test_remat_and_conv_impl_gradients_match`. The activation
-constraints are checked on a one-level U-Net over a (data=2, fsdp=2, tensor=2) mesh of fake
+constraints are checked on a one-level U-Net over a (data=4, fsdp=1, tensor=2) mesh of fake
 CPU devices: they are in the program, and outputs, loss and gradients equal one device's.
 """
 
