@@ -126,7 +126,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
             "head_dim": 64,
             "norm_groups": 32,
             "dtype": "bfloat16",
-            "remat": True,
+            "remat": "full",
             "attention_impl": "auto",
             **unet,
         }

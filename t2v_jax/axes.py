@@ -6,16 +6,17 @@ Keeping the names in one place means a typo is an import error rather than a sil
 replicated parameter.
 """
 
-# Activations.
+# Activations (`VIDEO_ACTIVATION` names a U-Net block's [B, T, H, W, C] input / output).
 BATCH = "batch"
 FRAMES = "frames"
 HEIGHT = "height"
 WIDTH = "width"
 LENGTH = "length"  # text tokens
+ACT_CHANNELS = "act_channels"  # U-Net feature channels of activations between blocks
 
 # Parameters and activation features.
 EMBED = "embed"  # model / text width (d_model)
-CHANNELS = "channels"  # U-Net feature channels (activations, norms, biases)
+CHANNELS = "channels"  # U-Net feature channels of norms and biases
 CONV_IN = "conv_in"  # input channels of a conv kernel
 CONV_OUT = "conv_out"  # output channels of a conv kernel
 CONV_SPACE = "conv_space"  # spatial kernel taps (kh, kw)
@@ -28,7 +29,9 @@ REL_POS = "rel_pos"  # relative-position buckets of an attention bias
 NORM = "norm"  # scale of a normalisation layer whose width is not a channel axis
 LAYERS = "layers"  # stacked layers under nn.scan
 
+VIDEO_ACTIVATION = (BATCH, FRAMES, HEIGHT, WIDTH, ACT_CHANNELS)
+
 ALL = (
-    BATCH, FRAMES, HEIGHT, WIDTH, LENGTH, EMBED, CHANNELS, CONV_IN, CONV_OUT, CONV_SPACE,
-    CONV_TIME, HEADS, KV, MLP, VOCAB, REL_POS, NORM, LAYERS,
+    BATCH, FRAMES, HEIGHT, WIDTH, LENGTH, ACT_CHANNELS, EMBED, CHANNELS, CONV_IN, CONV_OUT,
+    CONV_SPACE, CONV_TIME, HEADS, KV, MLP, VOCAB, REL_POS, NORM, LAYERS,
 )  # fmt: skip

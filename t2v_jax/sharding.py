@@ -32,12 +32,15 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical name -> mesh axis (or tuple of axes, or None = replicated). The batch is split over
 # `data` and `fsdp` (FSDP is data parallel for activations); parameters are split over `fsdp`
 # along their widest feature axis and over `tensor` along heads / MLP / output channels.
+# Activations between U-Net blocks keep their channels split over `tensor` (act_channels), so a
+# tensor-parallel mesh does not gather every block's output (and its remat copy) on each device.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (axes.BATCH, ("data", "fsdp")),
     (axes.FRAMES, None),
     (axes.HEIGHT, None),
     (axes.WIDTH, None),
     (axes.LENGTH, None),
+    (axes.ACT_CHANNELS, "tensor"),
     (axes.EMBED, "fsdp"),
     (axes.CONV_IN, "fsdp"),
     (axes.CONV_OUT, "tensor"),

@@ -290,7 +290,7 @@ def test_bf16_and_remat_forward(base_params):
     assert bf16.dtype == jnp.float32
     err = float(jnp.sqrt(jnp.mean(jnp.square(bf16 - ref))) / jnp.sqrt(jnp.mean(jnp.square(ref))))
     assert 0 < err < 0.05, err  # really computed in bf16, and close
-    remat = _apply(dataclasses.replace(BASE, remat=True))(base_params, *args)
+    remat = _apply(dataclasses.replace(BASE, remat="full"))(base_params, *args)
     np.testing.assert_allclose(remat, ref, atol=1e-5)
 
 
@@ -298,19 +298,23 @@ def test_bf16_and_remat_forward(base_params):
 def test_remat_and_conv_impl_gradients_match(base_params):
     args, _ = _inputs(BASE)
 
-    def grads(cfg):
+    def loss_and_grads(cfg):
         loss = lambda p: jnp.mean(jnp.square(VideoUNet(cfg).apply(p, *args)))
-        return jax.jit(jax.grad(loss))(base_params)
+        return jax.jit(jax.value_and_grad(loss))(base_params)
 
-    g_ref = grads(dataclasses.replace(BASE, spatial_conv_impl="conv"))
-    # remat, and the custom kernel gradient of conv_gemm_grad (under remat too), change how the
-    # gradient is computed, never its value.
+    loss_ref, g_ref = loss_and_grads(dataclasses.replace(BASE, spatial_conv_impl="conv"))
+    # Every remat policy, and the custom kernel gradient of conv_gemm_grad (under remat too),
+    # change how the gradient is computed (what is kept, recomputed or offloaded), never its
+    # value.
     for cfg in (
-        dataclasses.replace(BASE, remat=True, spatial_conv_impl="conv"),
+        dataclasses.replace(BASE, remat="full", spatial_conv_impl="conv"),
+        dataclasses.replace(BASE, remat="offload", spatial_conv_impl="conv"),
         dataclasses.replace(BASE, spatial_conv_impl="conv_gemm_grad"),
-        dataclasses.replace(BASE, remat=True, spatial_conv_impl="conv_gemm_grad"),
+        dataclasses.replace(BASE, remat="save_dots", spatial_conv_impl="conv_gemm_grad"),
     ):
-        for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(grads(cfg)), strict=True):
+        loss, g = loss_and_grads(cfg)
+        np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g), strict=True):
             np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
 
 

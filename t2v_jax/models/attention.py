@@ -17,10 +17,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from t2v_jax import axes
 from t2v_jax.models import pallas_attention, platform
 from t2v_jax.models.layers import GroupNorm, LayerNorm, default_init, param, sinusoidal_embedding
+from t2v_jax.models.remat import MATMUL_OUTPUT
 
 Dtype = Any
 
@@ -110,7 +112,7 @@ class _Projection(nn.Module):
             self, "bias", nn.initializers.zeros, (self.heads, self.head_dim), (axes.HEADS, axes.KV)
         )
         y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
-        return y + bias.astype(self.dtype)
+        return checkpoint_name(y + bias.astype(self.dtype), MATMUL_OUTPUT)  # remat="save_dots"
 
 
 class _OutProjection(nn.Module):
@@ -133,7 +135,7 @@ class _OutProjection(nn.Module):
         )
         bias = param(self, "bias", nn.initializers.zeros, (self.features,), (axes.CHANNELS,))
         y = jnp.einsum("...hd,hdc->...c", x, kernel.astype(self.dtype))
-        return y + bias.astype(self.dtype)
+        return checkpoint_name(y + bias.astype(self.dtype), MATMUL_OUTPUT)  # remat="save_dots"
 
 
 class SpatialSelfAttention(nn.Module):

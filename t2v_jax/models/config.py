@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from t2v_jax.models.remat import canonical_remat
+
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
@@ -54,7 +56,11 @@ class UNetConfig:
       dropout: dropout rate inside ResBlocks (active only with train=True).
       norm_groups: GroupNorm groups (each level's channels must be divisible by it).
       dtype: compute dtype; parameters are always float32.
-      remat: rematerialise each ResBlock / attention block in the backward pass (saves memory).
+      remat: the remat policy of each ResBlock / attention block (`t2v_jax.models.remat`):
+        "none", "full" (rerun the block in the backward pass), "save_dots" (keep conv and
+        projection outputs, rerun the rest) or "offload" (those outputs kept in pinned host
+        memory). True / False, from older configs, mean "full" / "none"; the field always
+        holds the policy name after construction.
       attention_impl: the attention kernel: "xla", "cudnn" (GPU flash attention, bf16 only),
         "pallas" (TPU splash attention; interpret mode elsewhere, for tests) or "auto" (decided
         by the platform compiled for: Pallas on TPU for spatial, space-time and cross attention
@@ -89,12 +95,14 @@ class UNetConfig:
     dropout: float = 0.0
     norm_groups: int = 32
     dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False
+    remat: Literal["none", "full", "save_dots", "offload"] | bool = "none"
     attention_impl: Literal["xla", "cudnn", "pallas", "auto"] = "xla"
     spatial_conv_impl: Literal["auto", "conv", "matmul", "conv_gemm_grad"] = "auto"
     guidance_input: bool = False
 
     def __post_init__(self):
+        # Frozen: canonicalise through object.__setattr__, so saved configs with a bool load.
+        object.__setattr__(self, "remat", canonical_remat(self.remat))
         num_levels = len(self.channel_mults)
         if num_levels == 0 or any(m <= 0 for m in self.channel_mults):
             raise ValueError(

@@ -19,9 +19,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import NamedSharding, PartitionSpec
 
-from t2v_jax import axes
+from t2v_jax import axes, sharding
 from t2v_jax.models import platform
+from t2v_jax.models.remat import MATMUL_OUTPUT
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -49,6 +52,32 @@ def param(
     return module.param(name, nn.with_logical_partitioning(init, tuple(names)), shape)
 
 
+def constrain(x: jax.Array, names: Sequence[str]) -> jax.Array:
+    """`x` pinned to the sharding its logical axis `names` give on the compile target's mesh.
+
+    A no-op outside `platform.compile_target(..., mesh)`. The rules are flax's
+    `nn.logical_axis_rules` context when one is set, else `sharding.DEFAULT_RULES`; a name the
+    rules do not list (a rule table saved before it existed) leaves its dimension to the
+    compiler rather than forcing it replicated, and a dimension the mesh axes do not divide (a
+    batch of 1 on a data-parallel mesh) is replicated.
+    """
+    mesh = platform.target_mesh()
+    if mesh is None:
+        return x
+    rules = tuple(nn.get_logical_axis_rules()) or sharding.DEFAULT_RULES
+    known = {name for name, _ in rules}
+    spec = sharding.logical_to_spec(
+        [n if n in known else None for n in names], rules, x.shape, mesh
+    )
+    spec = PartitionSpec(
+        *(
+            s if n in known else PartitionSpec.UNCONSTRAINED
+            for s, n in zip(spec, names, strict=True)
+        )
+    )
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 def _frame_gate(frame_mask: jax.Array | None, dtype: Dtype) -> jax.Array | None:
     """[B, T] bool -> [B, T, 1, 1, 1] multiplier (1 for video frames, 0 for images)."""
     if frame_mask is None:
@@ -74,7 +103,7 @@ class Dense(nn.Module):
         if self.use_bias:
             bias = param(self, "bias", nn.initializers.zeros, (self.features,), (axes.CHANNELS,))
             y = y + bias.astype(self.dtype)
-        return y
+        return checkpoint_name(y, MATMUL_OUTPUT)  # what remat="save_dots" keeps
 
 
 class GroupNorm(nn.Module):
@@ -243,7 +272,7 @@ class SpatialConv(nn.Module):
         frames = x.reshape(b * t, h, w, cin).astype(self.dtype)  # [B*T, H, W, Cin]
         kernel = kernel.astype(self.dtype)
         y = SPATIAL_CONV_IMPLS[resolve_conv_impl(self.impl)](frames, kernel, self.stride)
-        y = y + bias.astype(self.dtype)
+        y = checkpoint_name(y + bias.astype(self.dtype), MATMUL_OUTPUT)
         return y.reshape(b, t, *y.shape[1:])  # [B, T, H', W', Cout]
 
 
@@ -278,6 +307,7 @@ class TemporalConv(nn.Module):
         kernel = kernel.astype(self.dtype)
         # One matmul per tap on shifted frames; 3x faster on XLA:CPU than concatenating the taps.
         y = sum(jnp.dot(hp[:, i : i + t], kernel[i]) for i in range(k)) + bias.astype(self.dtype)
+        y = checkpoint_name(y, MATMUL_OUTPUT)
         if gate is not None:
             y = y * gate
         return x + y

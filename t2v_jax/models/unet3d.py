@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2v_jax import axes
 from t2v_jax.models.attention import (
     CrossAttention,
     SpaceTimeSelfAttention,
@@ -28,7 +29,9 @@ from t2v_jax.models.layers import (
     ResBlock,
     SpatialConv,
     Upsample,
+    constrain,
 )
+from t2v_jax.models.remat import remat_block
 
 
 def _check_shape(name: str, value: jax.Array, shape: tuple[int | None, ...]) -> None:
@@ -51,8 +54,8 @@ class VideoUNet(nn.Module):
     config: UNetConfig
 
     def _block(self, cls: type[nn.Module]) -> type[nn.Module]:
-        """`cls`, rematerialised in the backward pass when config.remat is set."""
-        return nn.remat(cls) if self.config.remat else cls
+        """`cls`, rematerialised in the backward pass under the config's remat policy."""
+        return remat_block(cls, self.config.remat)
 
     @nn.compact
     def __call__(
@@ -150,8 +153,14 @@ class VideoUNet(nn.Module):
         spacetime_attn = self._block(SpaceTimeSelfAttention)
         impl = cfg.spatial_conv_impl
 
+        def pin(hidden):
+            # Block boundaries keep the batch split over (data, fsdp) and the channels over
+            # tensor (a no-op outside a compile_target mesh), so a tensor-parallel mesh stores
+            # each block's output, and remat's saved inputs, split rather than gathered.
+            return constrain(hidden, axes.VIDEO_ACTIVATION)  # [B, T, H, W, C]
+
         def resnet(hidden, level, name, mask):
-            return res_block(
+            hidden = res_block(
                 cfg.base_channels * cfg.channel_mults[level],
                 cfg.norm_groups,
                 cfg.temporal_conv,
@@ -161,6 +170,7 @@ class VideoUNet(nn.Module):
                 impl,
                 name=name,
             )(hidden, emb, mask)
+            return pin(hidden)
 
         def attend(hidden, level, name, mask):
             heads = cfg.heads_at(level)
@@ -184,9 +194,9 @@ class VideoUNet(nn.Module):
                 hidden = spacetime_attn(heads, dtype, cfg.attention_impl, name=f"{name}_spacetime")(
                     hidden, mask
                 )
-            return hidden
+            return pin(hidden)
 
-        hidden = SpatialConv(cfg.base_channels, dtype=dtype, impl=impl, name="conv_in")(x)
+        hidden = pin(SpatialConv(cfg.base_channels, dtype=dtype, impl=impl, name="conv_in")(x))
         skips = [hidden]  # [B, T, H, W, C] per encoder stage, consumed by the decoder
         for level in range(cfg.num_levels):
             for i in range(cfg.blocks_at(level)):
@@ -201,6 +211,7 @@ class VideoUNet(nn.Module):
                     impl,
                     name=f"down{level}_sample",
                 )(hidden)
+                hidden = pin(hidden)
                 skips.append(hidden)
 
         last = cfg.num_levels - 1
@@ -221,6 +232,7 @@ class VideoUNet(nn.Module):
                     impl,
                     name=f"up{level}_sample",
                 )(hidden)
+                hidden = pin(hidden)
 
         hidden = nn.silu(GroupNorm(cfg.norm_groups, dtype=dtype, name="norm_out")(hidden))
         out = SpatialConv(cfg.out_channels, dtype=dtype, impl=impl, name="conv_out")(hidden)
