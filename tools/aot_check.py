@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"FAIL stage {stage}: the {', '.join(report.over_budget())} needs more than "
                 f"{budget[0]}'s {budget[1] / 2**30:.1f} GiB per device; raise fsdp/tensor, "
-                "lower train.batch_size, keep model.remat=True, or sample with "
-                "--sampler-params sharded (Pipeline(param_sharding='sharded'))"
+                "lower train.batch_size, use a stronger model.remat policy (save_dots, then "
+                "full), or sample with --sampler-params sharded (Pipeline(param_sharding='sharded'))"
             )
     if args.json:
         with open(args.json, "w") as f:
