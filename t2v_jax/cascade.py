@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import pipeline_format, sharding
+from t2v_jax import pipeline_format, sharding, video_in
 from t2v_jax.diffusion import guidance as guidance_lib
-from t2v_jax.diffusion import samplers, schedules
+from t2v_jax.diffusion import reconstruction, samplers, schedules
 from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
@@ -220,7 +220,9 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------
     # The compiled per-stage sampler.
 
-    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool):
+    def _stage_fn(
+        self, index: int, batch: int, num_steps: int, guided: bool, known_method: str | None = None
+    ):
         """The jit-compiled program that runs `steps_per_call` denoising steps of stage `index`.
 
         `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
@@ -228,9 +230,10 @@ class Pipeline:
         call and `start` (int32, traced) is the first step's index. `sample` calls it
         num_steps / steps_per_call times. The guidance weights are traced inputs, so changing
         guidance_scale reuses the compiled loop; only switching guidance on or off (w == 1
-        skips the unconditional half) recompiles.
+        skips the unconditional half) recompiles. With `known_method` (given frames, base stage)
+        the program takes one more argument before `state`: a `reconstruction.KnownFrames`.
         """
-        key = (index, batch, num_steps, guided)
+        key = (index, batch, num_steps, guided) + ((known_method,) if known_method else ())
         if key in self._compiled:
             return self._compiled[key]
         stage = self.stages[index]
@@ -248,7 +251,9 @@ class Pipeline:
                 cond_log_snr=cond.get("cond_log_snr"),
             )
 
-        def stage_steps(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
+        def stage_steps(
+            params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start, known=None
+        ):
             guidance = guidance_lib.GuidanceConfig(
                 weight=w if guided else 1.0,
                 schedule=cfg.guidance_schedule,
@@ -293,24 +298,37 @@ class Pipeline:
                 else {"text_emb": neg_emb, "text_mask": neg_mask},
                 thresholding=cfg.thresholding,
                 dynamic_percentile=cfg.dynamic_percentile,
+                known=known,
+                known_method=known_method or "reconstruction",
             )
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
+        in_shardings = (
+            sharding.replicated(self.mesh),
+            batch_sharded(1),
+            batch_sharded(3),
+            batch_sharded(2),
+            batch_sharded(3),
+            batch_sharded(2),
+            None if index == 0 else batch_sharded(5),
+            sharding.replicated(self.mesh),
+            sharding.replicated(self.mesh),
+        )
+        state_in = ((batch_sharded(5), batch_sharded(5)), sharding.replicated(self.mesh))
+        if known_method:
+            known_in = reconstruction.KnownFrames(
+                batch_sharded(5), batch_sharded(2), sharding.replicated(self.mesh)
+            )
+
+            def known_steps(*args):  # (..., w_low, known, state, start)
+                return stage_steps(*args[:9], *args[10:], known=args[9])
+
+            program, in_shardings = known_steps, (*in_shardings, known_in, *state_in)
+        else:
+            program, in_shardings = stage_steps, (*in_shardings, *state_in)
         fn = jax.jit(
-            stage_steps,
-            in_shardings=(
-                sharding.replicated(self.mesh),
-                batch_sharded(1),
-                batch_sharded(3),
-                batch_sharded(2),
-                batch_sharded(3),
-                batch_sharded(2),
-                None if index == 0 else batch_sharded(5),
-                sharding.replicated(self.mesh),
-                sharding.replicated(self.mesh),
-                (batch_sharded(5), batch_sharded(5)),
-                sharding.replicated(self.mesh),
-            ),
+            program,
+            in_shardings=in_shardings,
             out_shardings=(batch_sharded(5), batch_sharded(5)),
         )
         self._compiled[key] = fn
@@ -401,7 +419,7 @@ class Pipeline:
 
     def sample(
         self,
-        prompts: Sequence[str] | str,
+        prompts: Sequence[str] | str | None,
         *,
         negative_prompts: Sequence[str] | str | None = None,
         num_steps: int | Sequence[int | None] | None = None,
@@ -411,11 +429,19 @@ class Pipeline:
         return_intermediates: bool = False,
         progress: bool = True,
         callback: Callable[[str, int, np.ndarray], None] | None = None,
+        start_stage: int | str = 0,
+        init_video: Any = None,
+        clip_fps: float | None = None,
+        cond_frames: Any = None,
+        cond_mask: Any = None,
+        cond_method: Literal["reconstruction", "replacement"] = "reconstruction",
+        cond_weight: float = video_in.DEFAULT_COND_WEIGHT,
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
         """Samples videos for `prompts`.
 
         Args:
-          prompts: one prompt or a list.
+          prompts: one prompt or a list; None (one video per clip) when the stages run read no
+            text (`UNetConfig.uses_text`).
           negative_prompts: None (unconditional branch = null text), one prompt for all, or one
             per prompt; used in place of the null text in classifier-free guidance.
           num_steps: denoising steps, one value for every stage or a list per stage (None = the
@@ -427,13 +453,39 @@ class Pipeline:
           return_intermediates: also return each stage's output, {stage name: uint8 videos}.
           progress: show a tqdm progress bar over all stages and steps.
           callback: called as callback(stage_name, num_steps, uint8 videos) after each stage.
+          start_stage: the first stage to run (index or name); stages below it are skipped and
+            `init_video` is its input.
+          init_video: a video file, uint8 [T, H, W, 3] or [N, T, H, W, 3] (one clip for all
+            prompts or one per prompt), brought to the start stage's input by the rules of
+            `t2v_jax.video_in` (centre crop, antialiased resize, time resampling).
+          clip_fps: init_video's frame rate; given, frames are taken at the stage's rate from the
+            start (motion keeps its speed); None spreads the whole clip over the stage's frames.
+          cond_frames, cond_mask: frames the base stage must keep (image-to-video, interpolation,
+            prediction): uint8 frames (all base-stage frames, or just the marked ones) and a
+            [T] or [N, T] bool mask of the given frames (see `video_in.prepare_cond_frames`).
+          cond_method: "reconstruction" (reconstruction guidance, Ho et al. 2022 eq. 7) or
+            "replacement" (the baseline); see t2v_jax.diffusion.reconstruction.
+          cond_weight: the reconstruction guidance weight w_r.
 
         Returns:
           uint8 [len(prompts) * num_videos_per_prompt, T, H, W, 3] (and the intermediates).
         """
-        prompts = validate_sampling_args(
-            prompts, negative_prompts, num_steps, guidance_scale, seed, num_videos_per_prompt
+        vin = video_in.VideoIn(
+            self.stages,
+            prompts,
+            start_stage=start_stage,
+            init_video=init_video,
+            clip_fps=clip_fps,
+            cond_frames=cond_frames,
+            cond_mask=cond_mask,
+            cond_method=cond_method,
+            cond_weight=cond_weight,
         )
+        prompts = validate_sampling_args(
+            vin.prompts, negative_prompts, num_steps, guidance_scale, seed, num_videos_per_prompt
+        )
+        init_low = vin.init_low(len(prompts), num_videos_per_prompt)  # [n, t, h, w, 3] or None
+        known = vin.known(len(prompts), num_videos_per_prompt)  # ([n, T, H, W, 3], [n, T])
         steps = [
             s or st.config.num_steps
             for s, st in zip(
@@ -467,12 +519,15 @@ class Pipeline:
         emb, mask, neg_emb, neg_mask = map(put, (emb, mask, neg_emb, neg_mask))
         root = jax.random.key(int(seed))
         rows = jnp.arange(batch, dtype=jnp.uint32)
+        pad_rows = lambda a: put(np.concatenate([a, np.zeros((batch - n, *a.shape[1:]), a.dtype)]))
 
-        bar = self._progress_bar(sum(steps)) if progress else None
+        bar = self._progress_bar(sum(steps[vin.start :])) if progress else None
         intermediates = {}
-        low = None
+        low = None if init_low is None else pad_rows(init_low)
         try:
             for i, stage in enumerate(self.stages):
+                if i < vin.start:
+                    continue
                 guidance = guidance_lib.GuidanceConfig(
                     weight=scales[i],
                     schedule=stage.config.guidance_schedule,
@@ -484,12 +539,18 @@ class Pipeline:
                         rows
                     )
                 )
-                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity)
+                given = vin.cond_method if i == 0 else None
+                fn = self._stage_fn(i, batch, steps[i], not guidance.is_identity, given)
                 weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
                 # On the device once per stage, not once per call: host (numpy) params would
                 # be copied again by every call of the loop.
                 params = jax.device_put(stage.params, sharding.replicated(self.mesh))
                 args = (params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
+                if given:  # padded rows have an all-zero mask: nothing is given there
+                    weight = jax.device_put(
+                        np.float32(vin.cond_weight), sharding.replicated(self.mesh)
+                    )
+                    args += (reconstruction.KnownFrames(*map(pad_rows, known), weight),)
                 self._preflight(i, fn, args, batch)
                 low = self._run_stage(i, fn, args, steps[i], bar)
                 if return_intermediates or callback is not None:
