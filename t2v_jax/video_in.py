@@ -311,3 +311,78 @@ class VideoIn:
             height=cfg.height,
             width=cfg.width,
         )
+
+
+def extend(
+    pipeline: Any,
+    video: Any,
+    prompt: str,
+    num_frames: int,
+    *,
+    context_frames: int | None = None,
+    seed: int = 0,
+    **sample_kwargs: Any,
+) -> np.ndarray:
+    """Continues `video` to `num_frames` frames, window by window through the whole cascade.
+
+    Each window is one `pipeline.sample(prompt, cond_frames=..., cond_mask=...)`: its first
+    `context_frames` base-stage frames are given (the video's last frames, at the base stage's
+    frame rate: every r-th of the last r * context_frames output frames, r = output frames /
+    base frames, the frame each base frame becomes under the TSR stages' repetition) and the
+    rest are generated; the window's output after those frames is appended. Window w uses seed
+    `seed + w`.
+
+    Args:
+      pipeline: a `Pipeline`.
+      video: uint8 [T, H, W, 3] (or a path), centre-cropped and resized to the output size; it
+        needs at least r * context_frames frames.
+      prompt: the text of every window.
+      num_frames: the length of the result (> T); the input's frames come first, unchanged.
+      context_frames: base-stage frames given per window (default: half the base frames).
+      seed: the first window's seed.
+      **sample_kwargs: passed to `Pipeline.sample` (cond_method, cond_weight, num_steps, ...).
+
+    Returns:
+      uint8 [num_frames, H, W, 3] at the pipeline's output size and frame rate.
+    """
+    base, last = pipeline.stages[0].config, pipeline.stages[-1].config
+    if last.frames % base.frames:
+        raise ValueError(
+            f"pipeline: its output's {last.frames} frames are not a multiple of the base "
+            f"stage's {base.frames}; extend cannot line the windows up"
+        )
+    rate = last.frames // base.frames
+    context = base.frames // 2 if context_frames is None else context_frames
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 < context < base.frames:
+        raise ValueError(
+            f"context_frames: expected an int in [1, {base.frames - 1}], got {context!r}"
+        )
+    clips = load_clips(video, "video")
+    if clips.shape[0] != 1:
+        raise ValueError(f"video: expected one video, got a batch of {clips.shape[0]}")
+    top, left, h, w = centre_crop_box(clips.shape[2], clips.shape[3], last.width / last.height)
+    out = resize_frames(clips[0, :, top : top + h, left : left + w], last.height, last.width)
+    if out.shape[0] < rate * context:
+        raise ValueError(
+            f"video: {out.shape[0]} frames; a window's {context} context frames need the last "
+            f"{rate * context}"
+        )
+    if (
+        isinstance(num_frames, bool)
+        or not isinstance(num_frames, int)
+        or num_frames <= out.shape[0]
+    ):
+        raise ValueError(
+            f"num_frames: expected an int larger than the video's {out.shape[0]} frames, "
+            f"got {num_frames!r}"
+        )
+    mask = np.arange(base.frames) < context
+    window = 0
+    while out.shape[0] < num_frames:
+        given = out[out.shape[0] - rate * context :: rate]  # [context, H, W, 3]
+        new = pipeline.sample(
+            prompt, cond_frames=given, cond_mask=mask, seed=seed + window, **sample_kwargs
+        )[0]
+        out = np.concatenate([out, new[rate * context :]])
+        window += 1
+    return out[:num_frames]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2v_jax import cascade, sharding, video_in
+from t2v_jax import cascade, sharding, video_in, video_io
 from t2v_jax.configlib import load_config
 from t2v_jax.diffusion import samplers, schedules
 from t2v_jax.models.unet3d import VideoUNet
@@ -62,13 +62,13 @@ def _by_hand(pipe, prompts, low, start, seed, num_steps):
 def test_start_stage_equals_running_the_stages_by_hand(pipe):
     # A clip already at the TSR stage's input size (4 frames of 8x8): fit_clip is the identity.
     clip = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    prompts = ["a red circle", "blue"]
+    prompts = ["a red circle"]  # batch 1: the same programs as extend's below
     got = pipe.sample(
         prompts, start_stage="tsr", init_video=clip, seed=7, num_steps=2, progress=False
     )
-    low = jnp.asarray(np.repeat(clip[None], 2, 0), jnp.float32) / 127.5 - 1.0
+    low = jnp.asarray(clip[None], jnp.float32) / 127.5 - 1.0
     want = _by_hand(pipe, prompts, low, 1, 7, 2)
-    assert got.shape == want.shape == (2, 8, 16, 16, 3)
+    assert got.shape == want.shape == (1, 8, 16, 16, 3)
     # Same keys, same programs up to XLA's float reduction order: within one uint8 level.
     diff = np.abs(got.astype(int) - want)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
@@ -155,3 +155,51 @@ def test_fit_clip_crops_the_centre_and_spreads_the_frames():
     np.testing.assert_array_equal(out[0, :, 0, 0, 0], [0, 2, 4, 6])
     assert video_in.centre_crop_box(6, 12, 1.0) == (0, 3, 6, 6)
     assert video_in.centre_crop_box(12, 6, 1.0) == (3, 0, 6, 6)
+
+
+def test_upsample_cli_never_writes_over_its_input(tmp_path, capsys):
+    from t2v_jax.cli import upsample
+
+    clip = tmp_path / "in.gif"
+    video_io.write_video(np.zeros((4, 8, 8, 3), np.uint8), clip)
+    before = clip.read_bytes()
+    assert upsample.main([str(clip), "--out", str(clip)]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert upsample.main([str(clip), "--out", str(clip), "--overwrite"]) == 2
+    assert clip.read_bytes() == before
+    taken = tmp_path / "taken.mp4"
+    taken.write_bytes(b"mine")
+    assert upsample.main([str(clip), "--out", str(taken)]) == 2
+    assert "already exists" in capsys.readouterr().err and taken.read_bytes() == b"mine"
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    assert upsample.main([str(broken), "--out", str(tmp_path / "o.mp4")]) == 2
+    assert "input: cannot decode" in capsys.readouterr().err
+    assert upsample.start_stage("tsr,ssr", ["base", "tsr", "ssr"]) == 1
+    assert upsample.start_stage("2", ["base", "tsr", "ssr"]) == 2
+    for bad in ("base,tsr,ssr", "tsr", "ssr,tsr", "x"):
+        with pytest.raises(ValueError, match="--stages"):
+            upsample.start_stage(bad, ["base", "tsr", "ssr"])
+
+
+def test_extend_gives_each_window_the_last_frames_at_the_base_rate(pipe, monkeypatch):
+    video = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    calls = []
+    sample = pipe.sample
+
+    def spy(prompt, **kwargs):
+        calls.append(kwargs)
+        return sample(prompt, **kwargs)
+
+    monkeypatch.setattr(pipe, "sample", spy)
+    out = video_in.extend(pipe, video, "a red circle", 12, num_steps=2, progress=False)
+    # 8 output frames per window, 2 base frames (= 4 output frames) of context: +4 per window.
+    assert out.shape == (12, 16, 16, 3) and len(calls) == 2
+    np.testing.assert_array_equal(out[:4], video)
+    # Window 1's context: output frames 4 and 6 (the first of each pair of repeated frames).
+    np.testing.assert_array_equal(calls[1]["cond_frames"], out[[4, 6]])
+    assert list(calls[1]["cond_mask"]) == [True, True, False, False] and calls[1]["seed"] == 1
+    with pytest.raises(ValueError, match="num_frames"):
+        video_in.extend(pipe, video, "a red circle", 4)
+    with pytest.raises(ValueError, match="video: 3 frames"):
+        video_in.extend(pipe, video[:3], "a red circle", 12)
