@@ -303,32 +303,26 @@ class Pipeline:
             )
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
-        in_shardings = (
-            sharding.replicated(self.mesh),
-            batch_sharded(1),
-            batch_sharded(3),
-            batch_sharded(2),
-            batch_sharded(3),
-            batch_sharded(2),
-            None if index == 0 else batch_sharded(5),
-            sharding.replicated(self.mesh),
-            sharding.replicated(self.mesh),
-        )
-        state_in = ((batch_sharded(5), batch_sharded(5)), sharding.replicated(self.mesh))
-        if known_method:
-            known_in = reconstruction.KnownFrames(
-                batch_sharded(5), batch_sharded(2), sharding.replicated(self.mesh)
-            )
-
-            def known_steps(*args):  # (..., w_low, known, state, start)
-                return stage_steps(*args[:9], *args[10:], known=args[9])
-
-            program, in_shardings = known_steps, (*in_shardings, known_in, *state_in)
-        else:
-            program, in_shardings = stage_steps, (*in_shardings, *state_in)
+        program, known_in = stage_steps, ()
+        if known_method:  # (..., w_low, known, state, start)
+            program = lambda *a: stage_steps(*a[:9], *a[10:], known=a[9])
+            known_in = (reconstruction.KnownFrames(batch_sharded(5), batch_sharded(2), None),)
         fn = jax.jit(
             program,
-            in_shardings=in_shardings,
+            in_shardings=(
+                sharding.replicated(self.mesh),
+                batch_sharded(1),
+                batch_sharded(3),
+                batch_sharded(2),
+                batch_sharded(3),
+                batch_sharded(2),
+                None if index == 0 else batch_sharded(5),
+                sharding.replicated(self.mesh),
+                sharding.replicated(self.mesh),
+                *known_in,
+                (batch_sharded(5), batch_sharded(5)),
+                sharding.replicated(self.mesh),
+            ),
             out_shardings=(batch_sharded(5), batch_sharded(5)),
         )
         self._compiled[key] = fn
@@ -453,34 +447,20 @@ class Pipeline:
           return_intermediates: also return each stage's output, {stage name: uint8 videos}.
           progress: show a tqdm progress bar over all stages and steps.
           callback: called as callback(stage_name, num_steps, uint8 videos) after each stage.
-          start_stage: the first stage to run (index or name); stages below it are skipped and
-            `init_video` is its input.
-          init_video: a video file, uint8 [T, H, W, 3] or [N, T, H, W, 3] (one clip for all
-            prompts or one per prompt), brought to the start stage's input by the rules of
-            `t2v_jax.video_in` (centre crop, antialiased resize, time resampling).
-          clip_fps: init_video's frame rate; given, frames are taken at the stage's rate from the
-            start (motion keeps its speed); None spreads the whole clip over the stage's frames.
-          cond_frames, cond_mask: frames the base stage must keep (image-to-video, interpolation,
-            prediction): uint8 frames (all base-stage frames, or just the marked ones) and a
-            [T] or [N, T] bool mask of the given frames (see `video_in.prepare_cond_frames`).
-          cond_method: "reconstruction" (reconstruction guidance, Ho et al. 2022 eq. 7) or
-            "replacement" (the baseline); see t2v_jax.diffusion.reconstruction.
-          cond_weight: the reconstruction guidance weight w_r.
+          start_stage, init_video, clip_fps: run the stages from `start_stage` (index or name)
+            on `init_video` (a file, uint8 [T, H, W, 3], or [N, T, H, W, 3] one clip per
+            prompt), fitted to that stage's input by `t2v_jax.video_in`'s rules.
+          cond_frames, cond_mask, cond_method, cond_weight: base-stage frames to keep (uint8,
+            all or just the marked ones) and their [T] or [N, T] bool mask, kept by
+            reconstruction guidance of weight w_r (Ho et al. 2022) or by "replacement".
+          See docs/video_in.md.
 
         Returns:
           uint8 [len(prompts) * num_videos_per_prompt, T, H, W, 3] (and the intermediates).
         """
-        vin = video_in.VideoIn(
-            self.stages,
-            prompts,
-            start_stage=start_stage,
-            init_video=init_video,
-            clip_fps=clip_fps,
-            cond_frames=cond_frames,
-            cond_mask=cond_mask,
-            cond_method=cond_method,
-            cond_weight=cond_weight,
-        )
+        vin = video_in.VideoIn(self.stages, prompts, start_stage=start_stage, init_video=init_video,
+                               clip_fps=clip_fps, cond_frames=cond_frames, cond_mask=cond_mask,
+                               cond_method=cond_method, cond_weight=cond_weight)  # fmt: skip
         prompts = validate_sampling_args(
             vin.prompts, negative_prompts, num_steps, guidance_scale, seed, num_videos_per_prompt
         )
@@ -525,9 +505,7 @@ class Pipeline:
         intermediates = {}
         low = None if init_low is None else pad_rows(init_low)
         try:
-            for i, stage in enumerate(self.stages):
-                if i < vin.start:
-                    continue
+            for i, stage in enumerate(self.stages[vin.start :], start=vin.start):
                 guidance = guidance_lib.GuidanceConfig(
                     weight=scales[i],
                     schedule=stage.config.guidance_schedule,
@@ -547,10 +525,8 @@ class Pipeline:
                 params = jax.device_put(stage.params, sharding.replicated(self.mesh))
                 args = (params, keys, emb, mask, neg_emb, neg_mask, low, *weights)
                 if given:  # padded rows have an all-zero mask: nothing is given there
-                    weight = jax.device_put(
-                        np.float32(vin.cond_weight), sharding.replicated(self.mesh)
-                    )
-                    args += (reconstruction.KnownFrames(*map(pad_rows, known), weight),)
+                    w_r = np.float32(vin.cond_weight)  # traced: a new weight does not recompile
+                    args += (reconstruction.KnownFrames(*map(pad_rows, known), w_r),)
                 self._preflight(i, fn, args, batch)
                 low = self._run_stage(i, fn, args, steps[i], bar)
                 if return_intermediates or callback is not None:
