@@ -72,9 +72,10 @@ def sample(prompts, pipeline: str = "shapes", **kwargs):
     """
     from t2v_jax.sampling_args import validate_sampling_args
 
-    # Check the cheap arguments before loading (and compiling) anything.
+    # Check the cheap arguments before loading (and compiling) anything. No prompts (stages that
+    # read no text, docs/video_in.md) is for the pipeline to judge.
     validate_sampling_args(
-        prompts,
+        [""] if prompts is None else prompts,
         kwargs.get("negative_prompts"),
         kwargs.get("num_steps"),
         kwargs.get("guidance_scale"),
