@@ -67,6 +67,7 @@ setup(
             # Each entry is added by the issue that builds the command (no stubs).
             "t2v-convert-t5 = t2v_jax.cli.convert_t5:main",
             "t2v-sample = t2v_jax.cli.sample:main",
+            "t2v-upsample = t2v_jax.cli.upsample:main",
             "t2v-train = t2v_jax.cli.train:main",
             "t2v-distill = t2v_jax.cli.distill:main",
             "t2v-bench = t2v_jax.cli.bench:main",

@@ -5,6 +5,7 @@ Public API:
   load_pipeline(path_or_name)                -> Pipeline
   Pipeline, Stage, StageConfig               the cascade
   write_video(video, path, fps)              .mp4 / .gif / .webp / .png grid
+  extend(pipeline, video, prompt, num_frames) a longer video, window by window (video_in)
   text                                       T5 encoder, tokenizers (t2v_jax.text.load_t5)
 
 Submodules are imported on first use, so `import t2v_jax` stays cheap and touches no device.
@@ -25,6 +26,7 @@ _LAZY = {
     "load_pipeline": ("t2v_jax.pipeline_store", "load_pipeline"),
     "write_video": ("t2v_jax.video_io", "write_video"),
     "read_video": ("t2v_jax.video_io", "read_video"),
+    "extend": ("t2v_jax.video_in", "extend"),
 }
 _SUBMODULES = ("text", "models", "diffusion", "data", "train", "sharding", "cascade", "configlib")
 
@@ -70,9 +72,10 @@ def sample(prompts, pipeline: str = "shapes", **kwargs):
     """
     from t2v_jax.sampling_args import validate_sampling_args
 
-    # Check the cheap arguments before loading (and compiling) anything.
+    # Check the cheap arguments before loading (and compiling) anything. No prompts (stages that
+    # read no text, docs/video_in.md) is for the pipeline to judge.
     validate_sampling_args(
-        prompts,
+        [""] if prompts is None else prompts,
         kwargs.get("negative_prompts"),
         kwargs.get("num_steps"),
         kwargs.get("guidance_scale"),

@@ -12,8 +12,6 @@ does not depend on the batch it was drawn in or on the number of devices.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import os
 import pathlib
 from collections.abc import Callable, Sequence
@@ -24,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import pipeline_format, pipeline_sharding, sharding
+from t2v_jax import pipeline_format, pipeline_sharding, sharding, video_in
 from t2v_jax.diffusion import guidance as guidance_lib
-from t2v_jax.diffusion import samplers, schedules
+from t2v_jax.diffusion import reconstruction, samplers, schedules
 from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
 from t2v_jax.sampling_args import validate_sampling_args
+from t2v_jax.stage import Stage, StageConfig, check_chain
 from t2v_jax.text.encoder import TextEncoder
 from t2v_jax.upsample import upsample_video
 from t2v_jax.video_io import to_uint8
@@ -48,103 +47,6 @@ def steps_per_call(num_steps: int, calls: int) -> int:
     """
     target = max(1, num_steps // calls)
     return max(d for d in range(1, target + 1) if num_steps % d == 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class StageConfig:
-    """What a stage produces and how it is sampled.
-
-    Attributes:
-      name: a label ("base", "tsr1", ...), shown in progress bars and errors.
-      kind: "base" (from noise and text), "tsr" (more frames) or "ssr" (more pixels).
-      frames, height, width: the stage's output size.
-      low_frames, low_height, low_width: the size of the stage below (SR stages; 0 for base).
-      fps: frames per second of this stage's output.
-      num_steps: default number of denoising steps.
-      sampler: "ddim", "ddpm" or "dpmpp_2m".
-      guidance_scale: classifier-free guidance weight w (1 = off).
-      guidance_schedule: "constant" or "oscillating" (Imagen Video: w for the first
-        `oscillate_after` steps, then alternating w and `low_guidance_scale`).
-      thresholding: "none", "static" or "dynamic" thresholding of the predicted x0.
-      dynamic_percentile: the quantile of |x0| used by dynamic thresholding.
-      cond_noise_t: time t in [0, 1] of the noise added to the upsampled conditioning video at
-        sampling (noise conditioning augmentation; 0 = clean).
-      spatial_upsample, temporal_upsample: how the stage below is brought to this stage's size
-        (must match what the stage was trained with).
-      schedule: the log-SNR schedule, shared by sampling and the conditioning augmentation.
-    """
-
-    name: str
-    kind: Literal["base", "tsr", "ssr"]
-    frames: int
-    height: int
-    width: int
-    fps: float
-    low_frames: int = 0
-    low_height: int = 0
-    low_width: int = 0
-    num_steps: int = 32
-    sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim"
-    guidance_scale: float = 1.0
-    guidance_schedule: Literal["constant", "oscillating"] = "constant"
-    oscillate_after: int = 0
-    low_guidance_scale: float = 1.0
-    thresholding: Literal["none", "static", "dynamic"] = "dynamic"
-    dynamic_percentile: float = 0.995
-    cond_noise_t: float = 0.0
-    spatial_upsample: Literal["bilinear", "nearest"] = "bilinear"
-    temporal_upsample: Literal["repeat", "interpolate"] = "repeat"
-    schedule: schedules.ScheduleConfig = dataclasses.field(default_factory=schedules.ScheduleConfig)
-
-    def __post_init__(self):
-        for name in ("frames", "height", "width", "num_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"stage {self.name}: {name} must be >= 1, got {getattr(self, name)}"
-                )
-        if self.kind != "base" and min(self.low_frames, self.low_height, self.low_width) < 1:
-            raise ValueError(
-                f"stage {self.name}: an SR stage needs low_frames/low_height/low_width"
-            )
-        if not 0.0 <= self.cond_noise_t <= 1.0:
-            raise ValueError(f"stage {self.name}: cond_noise_t must be in [0, 1]")
-
-    @property
-    def upsample_kind(self) -> str:
-        time = self.frames != self.low_frames
-        space = (self.height, self.width) != (self.low_height, self.low_width)
-        return "spatiotemporal" if time and space else "temporal" if time else "spatial"
-
-
-@dataclasses.dataclass
-class Stage:
-    """One stage of a cascade: sampling settings, architecture and parameters."""
-
-    config: StageConfig
-    model: UNetConfig
-    params: Any
-
-
-def _check_chain(stages: Sequence[Stage]) -> None:
-    if not stages:
-        raise ValueError("stages: a pipeline needs at least one stage")
-    if stages[0].config.kind != "base":
-        raise ValueError(
-            f"stages[0]: the first stage must be kind 'base', got {stages[0].config.kind!r}"
-        )
-    for i, (lower, upper) in enumerate(itertools.pairwise(stages), start=1):
-        lo, up = lower.config, upper.config
-        if up.kind == "base":
-            raise ValueError(f"stages[{i}] ({up.name}): only the first stage may be a base stage")
-        if (up.low_frames, up.low_height, up.low_width) != (lo.frames, lo.height, lo.width):
-            raise ValueError(
-                f"stages[{i}] ({up.name}) expects a {up.low_frames}x{up.low_height}x{up.low_width} "
-                f"input but stages[{i - 1}] ({lo.name}) makes {lo.frames}x{lo.height}x{lo.width}"
-            )
-        if upper.model.cond_channels == 0:
-            raise ValueError(
-                f"stages[{i}] ({up.name}): an SR stage's model needs cond_channels > 0"
-            )
 
 
 def _per_stage(value: Any, stages: Sequence[Stage], name: str) -> list[Any]:
@@ -197,7 +99,7 @@ class Pipeline:
         if calls_per_stage < 1:
             raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage}")
         self.param_sharding = pipeline_sharding.check_mode(param_sharding)
-        _check_chain(stages)
+        check_chain(stages)
         for stage in stages:
             if stage.model.text_dim != text_encoder.d_model:
                 raise ValueError(
@@ -225,7 +127,15 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------
     # The compiled per-stage sampler.
 
-    def _stage_fn(self, index: int, batch: int, num_steps: int, guided: bool, sharded=False):
+    def _stage_fn(
+        self,
+        index: int,
+        batch: int,
+        num_steps: int,
+        guided: bool,
+        sharded: bool = False,
+        known_method: str | None = None,
+    ):
         """The jit-compiled program that runs `steps_per_call` denoising steps of stage `index`.
 
         `(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start) -> state`,
@@ -234,9 +144,11 @@ class Pipeline:
         num_steps / steps_per_call times. The guidance weights are traced inputs, so changing
         guidance_scale reuses the compiled loop; only switching guidance on or off (w == 1
         skips the unconditional half) recompiles. `sharded`: params come split over the mesh
-        (`pipeline_sharding.param_shardings`), not replicated.
+        (`pipeline_sharding.param_shardings`), not replicated. With `known_method` (given frames,
+        base stage) the program takes one more argument before `state`: a
+        `reconstruction.KnownFrames`.
         """
-        key = (index, batch, num_steps, guided, sharded)
+        key = (index, batch, num_steps, guided, sharded) + ((known_method,) if known_method else ())
         if key in self._compiled:
             return self._compiled[key]
         stage = self.stages[index]
@@ -258,7 +170,9 @@ class Pipeline:
         # A guidance-distilled model takes w as an input: one call per step, whatever w is.
         weight_input = stage.model.guidance_input
 
-        def stage_steps(params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start):
+        def stage_steps(
+            params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start, known=None
+        ):
             guidance = guidance_lib.GuidanceConfig(
                 weight=w if guided or weight_input else 1.0,
                 schedule=cfg.guidance_schedule,
@@ -304,11 +218,17 @@ class Pipeline:
                 thresholding=cfg.thresholding,
                 dynamic_percentile=cfg.dynamic_percentile,
                 guidance_input=weight_input,
+                known=known,
+                known_method=known_method or "reconstruction",
             )
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
+        program, known_in = stage_steps, ()
+        if known_method:  # (..., w_low, known, state, start)
+            program = lambda *a: stage_steps(*a[:9], *a[10:], known=a[9])
+            known_in = (reconstruction.KnownFrames(batch_sharded(5), batch_sharded(2), None),)
         fn = jax.jit(
-            stage_steps,
+            program,
             in_shardings=(
                 pipeline_sharding.param_shardings(stage.model, cfg, self.mesh, sharded),
                 batch_sharded(1),
@@ -319,6 +239,7 @@ class Pipeline:
                 None if index == 0 else batch_sharded(5),
                 sharding.replicated(self.mesh),
                 sharding.replicated(self.mesh),
+                *known_in,
                 (batch_sharded(5), batch_sharded(5)),
                 sharding.replicated(self.mesh),
             ),
@@ -339,9 +260,14 @@ class Pipeline:
         """
         return self._stage_fn(index, batch, num_steps, guided, sharded)
 
-    def _place_stage(self, index: int, batch: int, num_steps: int, guided: bool, rest: tuple):
-        """(program, params on the device) of stage `index`, laid out as `param_sharding` says."""
-        stage, fn = self.stages[index], self._stage_fn(index, batch, num_steps, guided)
+    def _place_stage(
+        self, index: int, batch: int, num_steps: int, guided: bool, rest: tuple, known_method=None
+    ):
+        """(program, params on the device) of stage `index`, laid out as `param_sharding` says.
+
+        `rest`: the program's arguments after the params (before state and start)."""
+        stage = self.stages[index]
+        fn = self._stage_fn(index, batch, num_steps, guided, known_method=known_method)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stage.params)
         sharded = pipeline_sharding.choose_stage_sharding(
             stage.config.name, self.param_sharding, device_memory_bytes(self.mesh.devices.flat[0]),
@@ -350,9 +276,8 @@ class Pipeline:
         self.param_placement[stage.config.name] = "sharded" if sharded else "replicated"
         # Placed once per stage, not per call: host (numpy) params would be copied by every call.
         where = pipeline_sharding.param_shardings(stage.model, stage.config, self.mesh, sharded)
-        return self._stage_fn(index, batch, num_steps, guided, sharded), jax.device_put(
-            stage.params, where
-        )
+        fn = self._stage_fn(index, batch, num_steps, guided, sharded, known_method)
+        return fn, jax.device_put(stage.params, where)
 
     def _init_fn(self, index: int, batch: int):
         """jit-compiled `keys -> state`: stage `index`'s initial noise as a sampler state."""
@@ -434,7 +359,7 @@ class Pipeline:
 
     def sample(
         self,
-        prompts: Sequence[str] | str,
+        prompts: Sequence[str] | str | None,
         *,
         negative_prompts: Sequence[str] | str | None = None,
         num_steps: int | Sequence[int | None] | None = None,
@@ -444,11 +369,19 @@ class Pipeline:
         return_intermediates: bool = False,
         progress: bool = True,
         callback: Callable[[str, int, np.ndarray], None] | None = None,
+        start_stage: int | str = 0,
+        init_video: Any = None,
+        clip_fps: float | None = None,
+        cond_frames: Any = None,
+        cond_mask: Any = None,
+        cond_method: Literal["reconstruction", "replacement"] = "reconstruction",
+        cond_weight: float = video_in.DEFAULT_COND_WEIGHT,
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
         """Samples videos for `prompts`.
 
         Args:
-          prompts: one prompt or a list.
+          prompts: one prompt or a list; None (one video per clip) when the stages run read no
+            text (`UNetConfig.uses_text`).
           negative_prompts: None (unconditional branch = null text), one prompt for all, or one
             per prompt; used in place of the null text in classifier-free guidance.
           num_steps: denoising steps, one value for every stage or a list per stage (None = the
@@ -460,13 +393,25 @@ class Pipeline:
           return_intermediates: also return each stage's output, {stage name: uint8 videos}.
           progress: show a tqdm progress bar over all stages and steps.
           callback: called as callback(stage_name, num_steps, uint8 videos) after each stage.
+          start_stage, init_video, clip_fps: run the stages from `start_stage` (index or name)
+            on `init_video` (a file, uint8 [T, H, W, 3], or [N, T, H, W, 3] one clip per
+            prompt), fitted to that stage's input by `t2v_jax.video_in`'s rules.
+          cond_frames, cond_mask, cond_method, cond_weight: base-stage frames to keep (uint8,
+            all or just the marked ones) and their [T] or [N, T] bool mask, kept by
+            reconstruction guidance of weight w_r (Ho et al. 2022) or by "replacement".
+          See docs/video_in.md.
 
         Returns:
           uint8 [len(prompts) * num_videos_per_prompt, T, H, W, 3] (and the intermediates).
         """
+        vin = video_in.VideoIn(self.stages, prompts, start_stage=start_stage, init_video=init_video,
+                               clip_fps=clip_fps, cond_frames=cond_frames, cond_mask=cond_mask,
+                               cond_method=cond_method, cond_weight=cond_weight)  # fmt: skip
         prompts = validate_sampling_args(
-            prompts, negative_prompts, num_steps, guidance_scale, seed, num_videos_per_prompt
+            vin.prompts, negative_prompts, num_steps, guidance_scale, seed, num_videos_per_prompt
         )
+        init_low = vin.init_low(len(prompts), num_videos_per_prompt)  # [n, t, h, w, 3] or None
+        known = vin.known(len(prompts), num_videos_per_prompt)  # ([n, T, H, W, 3], [n, T])
         steps = [
             s or st.config.num_steps
             for s, st in zip(
@@ -504,12 +449,13 @@ class Pipeline:
         emb, mask, neg_emb, neg_mask = map(put, (emb, mask, neg_emb, neg_mask))
         root = jax.random.key(int(seed))
         rows = jnp.arange(batch, dtype=jnp.uint32)
+        pad_rows = lambda a: put(np.concatenate([a, np.zeros((batch - n, *a.shape[1:]), a.dtype)]))
 
-        bar = self._progress_bar(sum(steps)) if progress else None
+        bar = self._progress_bar(sum(steps[vin.start :])) if progress else None
         intermediates = {}
-        low = None
+        low = None if init_low is None else pad_rows(init_low)
         try:
-            for i, stage in enumerate(self.stages):
+            for i, stage in enumerate(self.stages[vin.start :], start=vin.start):
                 guidance = guidance_lib.GuidanceConfig(
                     weight=scales[i],
                     schedule=stage.config.guidance_schedule,
@@ -521,9 +467,15 @@ class Pipeline:
                         rows
                     )
                 )
+                given = vin.cond_method if i == 0 else None
                 weights = (np.float32(guidance.weight), np.float32(guidance.low_weight))
                 rest = (keys, emb, mask, neg_emb, neg_mask, low, *weights)
-                fn, params = self._place_stage(i, batch, steps[i], not guidance.is_identity, rest)
+                if given:  # padded rows have an all-zero mask: nothing is given there
+                    w_r = np.float32(vin.cond_weight)  # traced: a new weight does not recompile
+                    rest += (reconstruction.KnownFrames(*map(pad_rows, known), w_r),)
+                fn, params = self._place_stage(
+                    i, batch, steps[i], not guidance.is_identity, rest, given
+                )
                 args = (params, *rest)
                 self._preflight(i, fn, args, batch)
                 low = self._run_stage(i, fn, args, steps[i], bar)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from t2v_jax.diffusion import guidance as guidance_lib
-from t2v_jax.diffusion import schedules
+from t2v_jax.diffusion import reconstruction, schedules
 
 SamplerName = Literal["ddim", "ddpm", "dpmpp_2m"]
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
@@ -189,6 +189,8 @@ def sample_steps(
     timesteps_log_snr: jax.Array | None = None,
     return_intermediates: bool = False,
     guidance_input: bool = False,
+    known: reconstruction.KnownFrames | None = None,
+    known_method: reconstruction.Method = "reconstruction",
 ) -> tuple[jax.Array, jax.Array] | tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
     """Runs steps start, ..., start + length - 1 of a `num_steps`-step run as one `lax.scan`.
 
@@ -204,12 +206,17 @@ def sample_steps(
       start: the index of the first step to run (int or traced int32 scalar).
       length: how many steps this call runs (static).
       num_steps: the whole run's number of steps (fixes the log-SNR grid).
+      known: given frames to stay consistent with (t2v_jax.diffusion.reconstruction): before
+        each model evaluation their part of x is replaced by a forward-noised copy of them.
+      known_method: "reconstruction" (also correct the prediction of the other frames by
+        reconstruction guidance, Ho et al. 2022 eq. 7) or "replacement" (replacement only).
       The other arguments are those of `sample`.
 
     Returns:
       The new state (x, x0_prev), or (state, intermediates) when return_intermediates.
     """
     _check_options(sampler, thresholding, eta)
+    reconstruction.check_method(known_method)
     x_start, _ = state
     _check_rngs(rngs, x_start.shape[0])
     if timesteps_log_snr is None:
@@ -233,7 +240,19 @@ def sample_steps(
         x, x0_prev = carry
         # Step i's grid points by absolute index: the first step's "previous" is itself.
         lam_prev, lam, lam_next = lams[jnp.maximum(i - 1, 0)], lams[i], lams[i + 1]
-        x0, eps = predict(step_fn, params, x, lam, cond, i, thresholding, dynamic_percentile)
+        predict_at = lambda z: predict(
+            step_fn, params, z, lam, cond, i, thresholding, dynamic_percentile
+        )
+        if known is None:
+            x0, eps = predict_at(x)
+        else:
+            x = reconstruction.replace_known(
+                x, known, lam, reconstruction.known_noise(rngs, i, x.shape)
+            )
+            if known_method == "reconstruction":
+                x0, eps = reconstruction.guided_prediction(predict_at, x, lam, known)
+            else:
+                x0, eps = predict_at(x)
         noise = None
         if uses_noise:
             noise = per_sample_normal(
@@ -274,6 +293,8 @@ def sample(
     return_intermediates: bool = False,
     x_init: jax.Array | None = None,
     guidance_input: bool = False,
+    known: reconstruction.KnownFrames | None = None,
+    known_method: reconstruction.Method = "reconstruction",
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Draws samples with one `lax.scan` over `num_steps` denoising steps.
 
@@ -303,6 +324,7 @@ def sample(
       x_init: start from this [B, ...] array instead of drawing the initial noise from rngs.
       guidance_input: model_fn takes the guidance weight as `cond['guidance_weight']` [B] (a
         guidance-distilled model): one call per step, see `guided_model_fn(weight_input=...)`.
+      known, known_method: given frames to stay consistent with (see `sample_steps`).
 
     Returns:
       x0 [B, ...], or (x0, intermediates) when return_intermediates.
@@ -329,6 +351,8 @@ def sample(
         timesteps_log_snr=timesteps_log_snr,
         return_intermediates=return_intermediates,
         guidance_input=guidance_input,
+        known=known,
+        known_method=known_method,
     )
     if return_intermediates:
         (x, _), traj = out
