@@ -141,3 +141,22 @@ def test_tensor_parallel_unet_matches_one_device():
     np.testing.assert_allclose(loss_8, loss_1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads_1), jax.tree.leaves(grads_8), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_activation_constraints_follow_the_rules_in_context():
+    # The train loop and the pre-flight trace inside nn.logical_axis_rules(config's rules): a
+    # config that maps the activations' channels to no mesh axis gets no tensor split of them.
+    cfg = dataclasses.replace(SMALL, temporal_mixing="conv", cross_attention=False)
+    args = _inputs()
+    params = jax.eval_shape(lambda: nn.unbox(VideoUNet(cfg).init(jax.random.key(0), *args)))
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=1, tensor=2))
+    custom = tuple((n, None if n == "act_channels" else t) for n, t in sharding.DEFAULT_RULES)
+
+    def constraints(rules):
+        with platform.compile_target("cpu", mesh), nn.logical_axis_rules(rules):
+            text = jax.jit(lambda p, *a: VideoUNet(cfg).apply(p, *a)).lower(params, *args)
+        return [line for line in text.as_text().splitlines() if "sharding_constraint" in line]
+
+    assert any('{"tensor"}]' in line for line in constraints(sharding.DEFAULT_RULES))
+    custom_lines = constraints(custom)
+    assert custom_lines and not any('"tensor"' in line for line in custom_lines), custom_lines[:2]

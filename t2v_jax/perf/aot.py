@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -480,7 +481,8 @@ def preflight(
     train_mem: dict[str, int] = {}
     train_cost: dict[str, float] = {}
     sampling: dict[str, Any] = {}
-    with platform.compile_target(target, mesh):
+    # The config's rules reach the models' activation constraints too (layers.constrain).
+    with platform.compile_target(target, mesh), nn.logical_axis_rules(rules):
         if train:
             start = time.perf_counter()
             lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)

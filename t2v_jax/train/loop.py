@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -337,9 +338,10 @@ def train(
         if on_metrics is not None:
             on_metrics(done_step, host)
 
-    # Models traced inside pick their kernels ("auto" conv / attention) for the mesh's platform.
+    # Models traced inside pick their kernels ("auto" conv / attention) for the mesh's platform
+    # and pin their activations by the config's logical-axis rules (layers.constrain).
     target = platform.compile_target(platform.platform_of(mesh), mesh)
-    with _SigtermFlag() as sigterm, target:
+    with _SigtermFlag() as sigterm, target, nn.logical_axis_rules(rules):
         while step < train_cfg.num_steps:
             batch = sharding.shard_host_batch(next(data), mesh)
             if jitted is None:
