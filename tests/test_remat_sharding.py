@@ -160,3 +160,18 @@ def test_activation_constraints_follow_the_rules_in_context():
     assert any('{"tensor"}]' in line for line in constraints(sharding.DEFAULT_RULES))
     custom_lines = constraints(custom)
     assert custom_lines and not any('"tensor"' in line for line in custom_lines), custom_lines[:2]
+
+
+def test_train_loop_warns_about_the_three_axis_cpu_mesh(caplog):
+    # docs/architecture.md: XLA:CPU gets U-Net gradients wrong on (data, fsdp, tensor) all > 1.
+    import ml_collections
+
+    from t2v_jax.train import loop
+
+    for shape, warned in (((2, 2, 2), True), ((4, 1, 2), False)):
+        caplog.clear()
+        config = ml_collections.ConfigDict(
+            {"mesh": dict(zip(("data", "fsdp", "tensor"), shape, strict=True))}
+        )
+        loop._mesh_and_rules(config)
+        assert any("all > 1" in r.message for r in caplog.records) == warned, shape

@@ -224,6 +224,14 @@ def _mesh_and_rules(config: ml_collections.ConfigDict, devices: Sequence[Any] | 
     mesh_cfg = configlib.from_config(sharding.MeshConfig, config.mesh, "mesh")
     mesh = sharding.make_mesh(mesh_cfg, devices)
     rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
+    if all(mesh.shape[axis] > 1 for axis in ("data", "fsdp", "tensor")) and (
+        platform.platform_of(mesh) == "cpu"
+    ):
+        log.warning(
+            "mesh %s: data, fsdp and tensor are all > 1, where XLA:CPU has computed wrong U-Net "
+            "gradients (docs/architecture.md, Sharding); use at most two of them",
+            dict(mesh.shape),
+        )
     return mesh, rules
 
 
