@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 from t2v_jax import video_io
+from t2v_jax.cli import add_run_flags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,18 +23,11 @@ def _parser() -> argparse.ArgumentParser:
         f"({', '.join(video_io.SUFFIXES)}); several videos get _0, _1, ... suffixes",
     )
     p.add_argument("--pipeline", default="shapes", help="built-in name or a saved pipeline folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per stage")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (every stage)")
     p.add_argument("--negative", default=None, help="negative prompt")
     p.add_argument("--num-videos", type=int, default=1, help="videos per prompt")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--compilation-cache",
-        default=None,
-        help="persistent compilation cache folder (default ~/.cache/t2v_jax/xla)",
-    )
+    add_run_flags(p)
     return p
 
 

@@ -8,6 +8,7 @@ import pathlib
 import sys
 
 from t2v_jax import video_io
+from t2v_jax.cli import add_run_flags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,15 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         help="the input's frame rate: take frames at the stage's rate from the start instead of "
         "spreading the whole clip over the stage's frames",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per stage")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--compilation-cache",
-        default=None,
-        help="persistent compilation cache folder (default ~/.cache/t2v_jax/xla)",
-    )
+    add_run_flags(p)
     return p
 
 
