@@ -31,6 +31,31 @@ def test_slice_names(text, name, num_chips):
 
 
 @pytest.mark.parametrize(
+    ("text", "bounds"),
+    [("v5e:1x1", (1, 1, 1)), ("v5e:2x1", (2, 1, 1)), ("v5e-256", (2, 2, 1)),
+     ("v5p:1x1x1", (1, 1, 1)), ("v5p-128", (2, 2, 1))],
+)  # fmt: skip
+def test_hosts_of_small_slices_hold_the_whole_grid(text, bounds):
+    # libtpu's default 2x2x1 chips per host refuses "v5e:1x1" (a Colab TPU) as not divisible.
+    assert chips.parse_topology(text).chips_per_host_bounds == bounds
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install '.[tpu]'"
+)
+def test_single_chip_topology_builds_a_mesh():
+    code = (
+        "from t2v_jax.perf import chips; m = chips.topology_mesh(chips.parse_topology('v5e:1x1'),"
+        " (1, 1, 1)); print(m.devices.size, m.devices.flat[0].device_kind)"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[:2] == ["1", "TPU"]
+
+
+@pytest.mark.parametrize(
     ("text", "match"),
     [
         ("v9-8", r"unknown chip or slice 'v9-8'.*known chips v4, v5e, v5p, v6e.*v5p-128"),

@@ -84,6 +84,16 @@ class Topology:
         """The `get_topology_desc` name, e.g. "v5p:4x4x4"."""
         return f"{self.chip.name}:{self.grid}"
 
+    @property
+    def chips_per_host_bounds(self) -> tuple[int, int, int]:
+        """The chip grid of one host: 2x2x1, or the whole grid where it is smaller.
+
+        libtpu's compile-only topologies assume 2x2x1 chips per host and refuse a grid that
+        does not divide by it, such as the single v5e chip of a Colab TPU runtime ("v5e:1x1").
+        """
+        dims = [int(x) for x in self.grid.split("x")] + [1] * (3 - self.chip.grid_dims)
+        return tuple(min(d, host) for d, host in zip(dims, (2, 2, 1), strict=True))
+
 
 def known_names() -> str:
     """A short human list of what `parse_topology` accepts."""
@@ -169,7 +179,11 @@ def topology_mesh(topology: Topology, mesh_sizes: tuple[int, int, int]) -> jax.s
             f"{topology.name} has {topology.num_chips} chips"
         )
     try:
-        desc = topologies.get_topology_desc(topology_name=topology.name, platform="tpu")
+        desc = topologies.get_topology_desc(
+            topology_name=topology.name,
+            platform="tpu",
+            chips_per_host_bounds=topology.chips_per_host_bounds,
+        )
     except (RuntimeError, ValueError) as e:
         if _libtpu_missing():
             raise TopologyError(f"--topology: {INSTALL_HINT}") from e
