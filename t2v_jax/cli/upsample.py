@@ -42,17 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def start_stage(stages_arg: str | None, names: list[str]) -> int:
-    """The first stage to run from `--stages`, which must name the cascade's last stages in order."""
+def start_stage(stages_arg: str | None, names: list[str], first_sr: int = 1) -> int:
+    """The first stage to run from `--stages`, which must name the cascade's last stages in order.
+
+    `first_sr` is the index of the cascade's first SR stage: 1 after a base stage, 0 in a
+    pipeline that only upsamples (the default runs from there).
+    """
     if stages_arg is None:
-        return 1
+        return first_sr
     wanted = [s.strip() for s in stages_arg.split(",") if s.strip()]
     indices = [int(s) if s.isdigit() else names.index(s) if s in names else -1 for s in wanted]
     first = len(names) - len(indices)
-    if not wanted or indices != list(range(first, len(names))) or first < 1:
+    if not wanted or indices != list(range(first, len(names))) or first < first_sr:
         raise ValueError(
-            f"--stages: {stages_arg!r} must list the cascade's last stages in order, after the "
-            f"base (stages: {', '.join(names)}), e.g. {','.join(names[1:])!r}"
+            f"--stages: {stages_arg!r} must list the cascade's last SR stages in order "
+            f"(stages: {', '.join(names)}), e.g. {','.join(names[first_sr:])!r}"
         )
     return first
 
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache(args.compilation_cache)
     pipe = load_pipeline(args.pipeline)
     try:
-        first = start_stage(args.stages, [s.config.name for s in pipe.stages])
+        first_sr = int(pipe.stages[0].config.kind == "base")
+        first = start_stage(args.stages, [s.config.name for s in pipe.stages], first_sr)
         video = pipe.sample(
             args.prompt,
             start_stage=first,

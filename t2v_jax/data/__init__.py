@@ -1,5 +1,5 @@
 """Datasets (TFDS builders) and the host-sharded input pipeline.
 
-Import a builder module (`t2v_jax.data.shapes`, `t2v_jax.data.video_folder`) to register it with
-TFDS; `t2v_jax.data.pipeline` imports both.
+Import a builder module (`t2v_jax.data.shapes`, `.video_folder`, `.real_footage`) to register it with
+TFDS; `t2v_jax.data.pipeline` imports them all.
 """

@@ -38,7 +38,7 @@ from absl import flags
 from t2v_jax import paths
 
 # Imported for their side effect: registering the builders with TFDS.
-from t2v_jax.data import shapes, transforms, video_folder  # noqa: F401
+from t2v_jax.data import real_footage, shapes, transforms, video_folder  # noqa: F401
 
 
 class Tokenizer(Protocol):
@@ -96,6 +96,10 @@ class StageDataConfig:
     ssr:  'video' as for base; 'low_res' = its box-filter downsample to (low_height, low_width).
     random_crop=(h, w): train on a random h x w window of the (height, width) clip (SR patch
     training); 'low_res' is then the same window of the low-res clip, h*low_height/height tall.
+    low_res_filter (ssr): how 'low_res' is made from 'video'. "box": the area average (the
+    demo's SR stages, whose input is the stage below's output); "bicubic": quantised to uint8
+    and shrunk by Pillow's antialiased bicubic, exactly what `Pipeline.sample(init_video=...)`
+    and `t2v_jax.eval.sr_eval` do to a user's clip (an SR stage for real footage).
     """
 
     kind: Literal["base", "tsr", "ssr"] = "base"
@@ -107,8 +111,13 @@ class StageDataConfig:
     low_width: int | None = None
     random_crop: tuple[int, int] | None = None
     frame_stride: int = 1
+    low_res_filter: Literal["box", "bicubic"] = "box"
 
     def __post_init__(self):
+        if self.low_res_filter not in ("box", "bicubic"):
+            raise ValueError(
+                f"StageDataConfig.low_res_filter={self.low_res_filter!r}; must be 'box' or 'bicubic'"
+            )
         for name in ("frames", "height", "width", "frame_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StageDataConfig.{name}={getattr(self, name)}; must be >= 1")
@@ -214,7 +223,12 @@ def stage_transform(
         out["low_res"] = out["video"][:: stage.frames // stage.low_frames]
     elif stage.kind == "ssr":
         _, lh, lw, _ = stage.low_res_shape
-        out["low_res"] = transforms.box_downsample(out["video"], lh, lw)
+        if stage.low_res_filter == "bicubic":
+            video_u8 = np.round((out["video"] + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+            low = transforms.bicubic_resize(video_u8, lh, lw)
+            out["low_res"] = (low.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+        else:
+            out["low_res"] = transforms.box_downsample(out["video"], lh, lw)
     return out
 
 

@@ -28,6 +28,27 @@ def box_downsample(video: np.ndarray, height: int, width: int) -> np.ndarray:
     return out / np.float32(fh * fw)
 
 
+def bicubic_resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [..., h, w, 3] -> uint8 [..., height, width, 3] by Pillow's bicubic filter.
+
+    Pillow widens the filter when it shrinks (antialiased), so this is also the usual "bicubic
+    downsample" that super-resolution work degrades its inputs with.
+    """
+    if frames.dtype != np.uint8:
+        raise ValueError(f"bicubic_resize: frames must be uint8, got {frames.dtype}")
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    if flat.shape[1:3] == (height, width):
+        return frames
+    out = np.stack(
+        [
+            np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC))
+            for f in flat
+        ]
+    )
+    return out.reshape(*lead, height, width, frames.shape[-1])
+
+
 def resize_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resizes every frame to (height, width).
 
@@ -47,11 +68,7 @@ def resize_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
         out = box_downsample(video, height, width)
         return np.round(out).astype(np.uint8) if video.dtype == np.uint8 else out
     if video.dtype == np.uint8:
-        frames = [
-            np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC))
-            for f in video
-        ]
-        return np.stack(frames).reshape(t, height, width, c)
+        return bicubic_resize(video, height, width)
     # Float frames: PIL's "F" mode is single channel, so resize each channel separately.
     out = np.empty((t, height, width, c), np.float32)
     for i in range(t):

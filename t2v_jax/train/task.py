@@ -86,7 +86,7 @@ def _stage_data_config(config: Any) -> pipeline.StageDataConfig:
     if kind != "base":
         fields.update(low_frames=stage.low_frames, low_height=stage.low_height,
                       low_width=stage.low_width)  # fmt: skip
-    for optional in ("random_crop", "frame_stride"):
+    for optional in ("random_crop", "frame_stride", "low_res_filter"):
         if optional in stage:
             fields[optional] = stage[optional]
     return configlib.from_config(pipeline.StageDataConfig, fields, "stage")
