@@ -206,6 +206,18 @@ def test_restore_onto_a_different_mesh_gives_identical_values(tmp_path):
         assert w2.sharding.mesh.shape == mesh.shape
 
 
+def test_async_save_timeout_is_the_configs(tmp_path):
+    # Orbax's own 20 min default failed a real save on a loaded 2-core host (CheckpointConfig).
+    for timeout in (None, 77):
+        cfg = ckpt_lib.CheckpointConfig() if timeout is None else ckpt_lib.CheckpointConfig(
+            async_timeout_s=timeout)  # fmt: skip
+        ckpt = ckpt_lib.Checkpointer(tmp_path / str(timeout), cfg)
+        assert ckpt.manager._options.async_options.timeout_secs == (timeout or 4 * 3600)
+        ckpt.close()
+    with pytest.raises(ValueError, match="checkpoint.async_timeout_s"):
+        ckpt_lib.CheckpointConfig(async_timeout_s=0)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog, damage):
     init, _, ckpt = _saved_run(tmp_path, 4)
