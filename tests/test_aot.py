@@ -209,3 +209,23 @@ def test_paper_table_width_law_recovers_a_known_law():
     full = table.extrapolate(reports, 4, "train")
     assert full["temp"] == pytest.approx(4 * 3e9 + 5e9)
     assert full["flops"] == pytest.approx(4 * (3e9 + 5e9))
+
+
+def test_config_overrides_reach_every_stage_and_bad_ones_stop_before_compiling():
+    spec = importlib.util.spec_from_file_location("aot_check", ROOT / "tools/aot_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.config_overrides(["model.remat=save_dots", "stage.height=32", "x.y=(1, 2)"]) == {
+        "model.remat": "save_dots",
+        "stage.height": 32,
+        "x.y": (1, 2),
+    }
+    with pytest.raises(ValueError, match="--set: expected FIELD=VALUE"):
+        tool.config_overrides(["model.remat"])
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, str(ROOT / "tools/aot_check.py"), "--config", "configs/tiny.py",
+           "--stages", "base,tsr", "--mesh", "1,1,1", "--set", "model.no_such_field=1"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-2000:]
+    assert "--set / --config" in proc.stdout and "no_such_field" in proc.stdout
+    assert "compiling" not in proc.stdout.lower()

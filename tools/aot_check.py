@@ -89,6 +89,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sample-steps", type=int, default=2, help="denoising steps of the compiled sampler"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="config override for every stage, repeatable, e.g. --set model.remat=save_dots "
+        "--set stage.height=32 (VALUE is read as a Python literal, else as a string)",
+    )
     parser.add_argument("--json", default=None, help="also write the reports to this file")
     parser.add_argument(
         "--full-codegen",
@@ -96,6 +104,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="full LLVM optimisation (slower compiles; memory is the same)",
     )
     return parser.parse_args(argv)  # fmt: skip
+
+
+def config_overrides(items: list[str]) -> dict[str, object]:
+    """`--set FIELD=VALUE` items -> {field: value}; raises ValueError naming a malformed one."""
+    import ast
+
+    out = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep or not field.strip():
+            raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
+        try:
+            out[field.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[field.strip()] = text
+    return out
 
 
 def _mesh_shape(text: str) -> tuple[int, ...] | None:
@@ -119,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         except chips.TopologyError as e:
             print(e)
             return 2
+    try:
+        overrides = config_overrides(args.set)
+    except ValueError as e:
+        print(e)
+        return 2
     mesh_text = args.mesh or (f"1,{topology.num_chips},1" if topology else "1,64,1")
     mesh_shape = _mesh_shape(mesh_text)
     if mesh_shape is None:
@@ -158,9 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     budget = aot.parse_budget(args.budget) if args.budget else None
     if budget is None and topology:
         budget = (topology.chip.name, topology.chip.hbm_bytes)
+    stages = args.stages.split(",")
+    try:  # every config and override is checked before the first compile
+        configs = [configlib.load_config(f"{args.config}:{s}", overrides) for s in stages]
+    except configlib.ConfigError as e:
+        print(f"--set / --config: {e}")
+        return 2
     reports, status = [], 0
-    for stage in args.stages.split(","):
-        config = configlib.load_config(f"{args.config}:{stage}")
+    for stage, config in zip(stages, configs, strict=True):
         if args.shrink > 1:
             config = aot.shrink_config(config, args.shrink)
         try:
