@@ -112,3 +112,21 @@ def test_reconstruction_guidance_pulls_toward_the_given_frames():
     assert errors["none"] > 1.0
     assert errors["replacement"] > 0.5
     assert errors["reconstruction"] < 0.2
+
+
+def test_thresholding_comes_after_the_guidance_step():
+    """The sampler steps from a thresholded x0 also under reconstruction guidance.
+
+    Thresholding the model's x0 before the correction (and differentiating through the clip)
+    let the corrected x0 leave the data range: on the shapes demo that drew coloured noise in
+    the generated frames, and dynamic thresholding then dimmed the whole video.
+    """
+    batch = 64
+    keys = jax.random.split(jax.random.key(1), batch)
+    _, known = _known(batch, 20.0)
+    known = known._replace(frames=jnp.clip(known.frames, -1.0, 1.0))  # given frames in range
+    for mode in ("static", "dynamic"):
+        _, traj = samplers.sample(_model_fn, None, keys, {}, (batch, T, 1), 8,
+                                  thresholding=mode, return_intermediates=True, known=known)  # fmt: skip
+        x0 = np.asarray(traj["x0_pred"])
+        assert np.abs(x0).max() <= 1.0 + 1e-6, (mode, np.abs(x0).max())

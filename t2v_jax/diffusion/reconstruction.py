@@ -10,7 +10,9 @@ log-SNR lambda, z^b <- alpha x^b + sigma eps ("replacement").
 - "reconstruction" also corrects the unknown part of the x0 prediction by a gradient step on
   how badly the model reconstructs the known frames from the current latent (eq. 7):
       x~^a = x^^a - (w_r alpha / 2) grad_{z^a} || x^b - x^^b(z) ||^2,
-  the gradient taken through the model (one extra backward pass per step).
+  the gradient taken through the model (one extra backward pass per step). The model's own,
+  unthresholded x0 is corrected, and the sampler thresholds the corrected x0 (clipping first
+  would zero the gradient where it clips and let the corrected x0 leave the data range).
 
 Both run inside the sampler's `lax.scan` (`samplers.sample_steps(..., known=...)`), so the
 compiled per-stage program holds no host round trip per step.

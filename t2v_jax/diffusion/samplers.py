@@ -56,8 +56,19 @@ def predict(
     x0 = schedules.x_from_v(x, v, lam_b)
     if thresholding == "none":
         return x0, schedules.eps_from_v(x, v, lam_b)
+    return threshold_pair(x, x0, lam, thresholding, dynamic_percentile)
+
+
+def threshold_pair(
+    x: jax.Array,
+    x0: jax.Array,
+    lam: jax.Array,
+    thresholding: guidance_lib.ThresholdMode,
+    dynamic_percentile: float = 0.995,
+) -> tuple[jax.Array, jax.Array]:
+    """(thresholded x0, the eps that goes with it at x and scalar log-SNR `lam`)."""
     x0 = guidance_lib.threshold(x0, thresholding, dynamic_percentile)
-    return x0, schedules.eps_from_x(x, x0, lam_b)
+    return x0, schedules.eps_from_x(x, x0, jnp.full((x.shape[0],), lam, jnp.float32))
 
 
 def ddim_step(
@@ -250,7 +261,13 @@ def sample_steps(
                 x, known, lam, reconstruction.known_noise(rngs, i, x.shape)
             )
             if known_method == "reconstruction":
-                x0, eps = reconstruction.guided_prediction(predict_at, x, lam, known)
+                # The gradient step corrects the model's own prediction; thresholding comes
+                # after it (a clipped x0 has no gradient where it clips, and an unclipped
+                # corrected x0 can leave the data range).
+                raw_at = lambda z: predict(step_fn, params, z, lam, cond, i, "none")
+                x0, eps = reconstruction.guided_prediction(raw_at, x, lam, known)
+                if thresholding != "none":  # without, the pair is the guided prediction's own
+                    x0, eps = threshold_pair(x, x0, lam, thresholding, dynamic_percentile)
             else:
                 x0, eps = predict_at(x)
         noise = None
