@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         "--stages",
         default=None,
         help="comma-separated stages to run, names or indices, the cascade's last ones in order "
-        "(e.g. 'tsr,ssr' or 'ssr'); default: every stage after the base",
+        "(e.g. 'tsr,ssr' or 'ssr'); default: every SR stage (all stages of a pipeline that "
+        "starts with one)",
     )
     p.add_argument("--prompt", default=None, help="text, for stages that read it")
     p.add_argument(
