@@ -229,3 +229,16 @@ def test_config_overrides_reach_every_stage_and_bad_ones_stop_before_compiling()
     assert proc.returncode == 2, proc.stdout + proc.stderr[-2000:]
     assert "--set / --config" in proc.stdout and "no_such_field" in proc.stdout
     assert "compiling" not in proc.stdout.lower()
+
+
+def test_sr_stage_trained_on_crops_lowers_for_its_crops():
+    # configs/shapes.py:ssr and the paper's SSR stages train on random crops; the pre-flight's
+    # batch used the full frame with the crop's conditioning and could not lower them.
+    config = configlib.load_config(str(ROOT / "configs/tiny.py:ssr"))
+    config.stage.random_crop = (8, 8)  # of the 16x16 output; the input is 8x8
+    spec = aot.train_batch_spec(config, 2)
+    assert spec["video"].shape == (2, 8, 8, 8, 3)
+    assert spec["low_res"].shape == (2, 8, 4, 4, 3)
+    mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
+    _, _, batch = aot.lower_train_step(config, mesh, sharding.DEFAULT_RULES, 2)  # raised before
+    assert batch["video"].shape == (2, 8, 8, 8, 3)

@@ -223,21 +223,24 @@ def shapes_only_experiment(
 
 
 def train_batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
-    """ShapeDtypeStructs of one global training batch (cached-T5 form, as the pipeline makes)."""
-    stage, model = config.stage, config.model
+    """ShapeDtypeStructs of one global training batch (cached-T5 form, as the pipeline makes).
+
+    The shapes are the data pipeline's (`StageDataConfig.video_shape` / `low_res_shape`), so an
+    SR stage that trains on crops (`stage.random_crop`) is compiled for its crops.
+    """
+    from t2v_jax.train import task as task_lib
+
+    data = task_lib.stage_data_config(config)
     length = int(config.get("text", {}).get("max_length", 128))
     f32 = jnp.float32
     spec = {
-        "video": jax.ShapeDtypeStruct(
-            (batch_size, stage.frames, stage.height, stage.width, 3), f32
-        ),
-        "frame_mask": jax.ShapeDtypeStruct((batch_size, stage.frames), jnp.bool_),
-        "text_emb": jax.ShapeDtypeStruct((batch_size, length, model.text_dim), f32),
+        "video": jax.ShapeDtypeStruct((batch_size, *data.video_shape), f32),
+        "frame_mask": jax.ShapeDtypeStruct((batch_size, data.frames), jnp.bool_),
+        "text_emb": jax.ShapeDtypeStruct((batch_size, length, config.model.text_dim), f32),
         "text_mask": jax.ShapeDtypeStruct((batch_size, length), jnp.bool_),
     }
-    if stage.kind != "base":
-        low = (batch_size, stage.low_frames, stage.low_height, stage.low_width, 3)
-        spec["low_res"] = jax.ShapeDtypeStruct(low, f32)
+    if data.low_res_shape is not None:
+        spec["low_res"] = jax.ShapeDtypeStruct((batch_size, *data.low_res_shape), f32)
     return spec
 
 

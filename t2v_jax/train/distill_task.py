@@ -260,7 +260,7 @@ def distill_task(config: ml_collections.ConfigDict, teacher: Teacher) -> loop.Ta
     data_cfg = configlib.from_config(data_pipeline.DataConfig, config.data, "data")
     student_cfg = configlib.from_config(UNetConfig, config.model, "model")
     teacher_cfg = teacher.stage.model
-    stage_cfg = task_lib._stage_data_config(config)
+    stage_cfg = task_lib.stage_data_config(config)
     text = task_lib._text_tower(config, data_cfg, student_cfg.text_dim)
     schedule_cfg = teacher.stage.config.schedule
     frames, height, width, _ = stage_cfg.video_shape

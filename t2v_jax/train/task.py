@@ -79,7 +79,8 @@ def _boxed_like(module: nn.Module, args: tuple, values: Any) -> Any:
     )  # fmt: skip
 
 
-def _stage_data_config(config: Any) -> pipeline.StageDataConfig:
+def stage_data_config(config: Any) -> pipeline.StageDataConfig:
+    """What the stage trains on (`config.stage` as the data pipeline reads it, crops included)."""
     stage = config.stage
     kind = stage.kind
     fields = {"kind": kind, "frames": stage.frames, "height": stage.height, "width": stage.width}
@@ -111,7 +112,7 @@ def diffusion_task(config: Any) -> loop.Task:
     loss_cfg = configlib.from_config(objectives.LossConfig, diffusion.get("loss", {}),
                                      "diffusion.loss")  # fmt: skip
     data_cfg = configlib.from_config(pipeline.DataConfig, config.data, "data")
-    stage_cfg = _stage_data_config(config)
+    stage_cfg = stage_data_config(config)
     text = _text_tower(config, data_cfg, unet_cfg.text_dim)
     data_cfg = dataclasses.replace(data_cfg, max_text_length=text.max_length)
     if text.dim != unet_cfg.text_dim:
