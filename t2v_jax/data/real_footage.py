@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from t2v_jax.data import transforms
+from t2v_jax.data.features import video_feature
 
 TRAIN_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4")
 HELD_OUT_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4")
@@ -154,12 +155,7 @@ class RealFootage(tfds.core.GeneratorBasedBuilder):
             description=f"{cfg.source} views at {cfg.size}x{cfg.size}, zooms {cfg.zooms}.",
             features=tfds.features.FeaturesDict(
                 {
-                    # [T, H, W, 3]; Tensor+zlib (not tfds Video) so reading needs no TensorFlow.
-                    "video": tfds.features.Tensor(
-                        shape=(cfg.frames, cfg.size, cfg.size, 3),
-                        dtype=np.uint8,
-                        encoding=tfds.features.Encoding.ZLIB,
-                    ),
+                    "video": video_feature(cfg.frames, cfg.size, cfg.size),  # [T, H, W, 3]
                     "caption": tfds.features.Text(),  # the source's name (SR stages read none)
                 }
             ),

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from t2v_jax.data import render
+from t2v_jax.data.features import video_feature
 
 MAX_OBJECTS = 2
 # Index used in the `motion` label of still objects (after the four motion names).
@@ -142,12 +143,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         k = MAX_OBJECTS
         features = tfds.features.FeaturesDict(
             {
-                # [T, H, W, 3]; Tensor+zlib rather than tfds Video so reading needs no TensorFlow.
-                "video": tfds.features.Tensor(
-                    shape=(cfg.frames, cfg.height, cfg.width, 3),
-                    dtype=np.uint8,
-                    encoding=tfds.features.Encoding.ZLIB,
-                ),
+                "video": video_feature(cfg.frames, cfg.height, cfg.width),  # [T, H, W, 3]
                 "caption": tfds.features.Text(),
                 "background": tfds.features.Tensor(shape=(3,), dtype=np.uint8),
                 "num_objects": tfds.features.Scalar(dtype=np.int32),

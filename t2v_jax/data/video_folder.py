@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from t2v_jax.data import transforms
+from t2v_jax.data.features import video_feature
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif")
 
@@ -133,12 +134,7 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
             description=f"Clips of {cfg.frames} frames at {cfg.fps} fps from {cfg.video_dir}.",
             features=tfds.features.FeaturesDict(
                 {
-                    # [T, H, W, 3]; Tensor+zlib (not tfds Video) so reading needs no TensorFlow.
-                    "video": tfds.features.Tensor(
-                        shape=(cfg.frames, cfg.height, cfg.width, 3),
-                        dtype=np.uint8,
-                        encoding=tfds.features.Encoding.ZLIB,
-                    ),
+                    "video": video_feature(cfg.frames, cfg.height, cfg.width),  # [T, H, W, 3]
                     "caption": tfds.features.Text(),
                     "file": tfds.features.Text(),
                     "clip_index": tfds.features.Scalar(dtype=np.int32),
