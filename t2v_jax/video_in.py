@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from t2v_jax.data import transforms
 from t2v_jax.video_io import read_video
 
 
@@ -67,6 +66,9 @@ def centre_crop_box(height: int, width: int, aspect: float) -> tuple[int, int, i
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [..., h, w, 3] -> uint8 [..., height, width, 3], Pillow bicubic (antialiased)."""
+    # Imported here: `cascade` imports this module, and Pillow need not load before a sample.
+    from t2v_jax.data import transforms
+
     return transforms.bicubic_resize(frames, height, width)
 
 
