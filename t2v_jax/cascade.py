@@ -517,12 +517,8 @@ def stage_config_from_experiment(config: Any) -> StageConfig:
     from t2v_jax.configlib import from_config, to_dict
 
     fields = {**to_dict(config.stage), **to_dict(config.get("sampling", {}))}
-    for data_only in (
-        "frame_stride",
-        "random_crop",
-        "low_res_filter",
-        "paper_params",
-    ):  # read by training / tools
+    # Stage fields read by training and tools only (the data pipeline, the paper table).
+    for data_only in ("frame_stride", "random_crop", "low_res_filter", "paper_params"):
         fields.pop(data_only, None)
     fields["schedule"] = to_dict(config.diffusion.schedule) if "diffusion" in config else {}
     return from_config(StageConfig, fields, "stage")
