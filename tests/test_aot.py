@@ -51,6 +51,17 @@ def test_shrink_keeps_a_valid_config():
     assert model.channel_mults == (1, 2, 4, 4)  # depth and shapes are kept
 
 
+def test_shrunk_widths_round_up_to_split_over_the_mesh():
+    base = configlib.load_config(str(ROOT / "configs/imagen_video.py:base"))  # 704 channels
+    shrunk = aot.shrink_config(base, 32, multiple=4)  # 704 // 32 = 22 would not split over 4
+    assert shrunk.model.base_channels == 24 and shrunk.model.text_dim == 4096 // 32
+    assert aot.shrink_config(base, 16, multiple=4).model.base_channels == 44  # already splits
+    mesh = jax.sharding.AbstractMesh((1, 4, 1), sharding.MESH_AXES)
+    aot.check_divisibility(shrunk, mesh, sharding.DEFAULT_RULES, 4)  # raised before
+    table = _paper_table()
+    assert table.width_ratio("configs/imagen_video.py", "base", 32, 4) == 24 / 704
+
+
 def _fail_if_compiled(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("divisibility must be checked before lowering")
@@ -201,10 +212,10 @@ def test_paper_table_width_law_recovers_a_known_law():
     law = lambda w: 3e9 * w + 5e9 * w * w
     lin, quad = table.fit([(1 / 32, law(1 / 32)), (1 / 16, law(1 / 16))])
     assert lin == pytest.approx(3e9) and quad == pytest.approx(5e9)
-    assert table.predict((lin, quad), 8) == pytest.approx(law(1 / 8))
+    assert table.predict((lin, quad), 1 / 8) == pytest.approx(law(1 / 8))
     # At full width and 4 samples per chip, only the activation term grows with the batch.
-    reports = {s: {"train": {"temp_bytes": law(1 / s)},
-                   "train_cost": {"flops": law(1 / s), "bytes_accessed": law(1 / s)}}
+    reports = {1 / s: {"train": {"temp_bytes": law(1 / s)},
+                       "train_cost": {"flops": law(1 / s), "bytes_accessed": law(1 / s)}}
                for s in (32, 16)}  # fmt: skip
     full = table.extrapolate(reports, 4, "train")
     assert full["temp"] == pytest.approx(4 * 3e9 + 5e9)

@@ -67,7 +67,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--shrink",
         type=int,
         default=1,
-        help="divide every width by this (fast compiles; shapes and depth stay)",
+        help="divide every width by this, rounded up to split over fsdp x tensor (fast "
+        "compiles; shapes and depth stay)",
     )
     parser.add_argument("--no-sampler", action="store_true", help="compile the train step only")
     parser.add_argument(
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     reports, status = [], 0
     for stage, config in zip(stages, configs, strict=True):
         if args.shrink > 1:
-            config = aot.shrink_config(config, args.shrink)
+            # Rounded up to split over the mesh's fsdp x tensor chips, as the full widths do.
+            config = aot.shrink_config(config, args.shrink, mesh_shape[1] * mesh_shape[2])
         try:
             report = aot.preflight(config, mesh, batch_size=args.batch,
                                    sample_batch_size=args.sample_batch, budget=budget,

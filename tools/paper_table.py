@@ -6,9 +6,10 @@ A full paper stage does not compile on a 2-core, 24 GB host in a session (the ba
     sharded train state: shapes only, nothing compiled; fsdp over every chip);
   * temporaries, FLOPs and HBM bytes from the TPU compiler on a small slice of the same chip
     (`--small`, mesh 1,CHIPS,1, one sample per chip) at two shrunk widths (`--shrinks`, every
-    width divided, shapes and depth kept), fitted per stage as
+    width divided and rounded up to split over the chips, shapes and depth kept), fitted per
+    stage as
       temp(w) = a*w + c*w^2,   FLOPs(w) = p*w^2 + q*w,   bytes(w) = u*w^2 + v*w
-    (w = width / paper width: activations grow with w, weights and dense/conv FLOPs with w^2,
+    (w = shrunk / paper base channels, the true ratio after rounding: activations grow with w, weights and dense/conv FLOPs with w^2,
     attention's QK^T/AV FLOPs with w at fixed tokens), then extrapolated to w = 1 with the
     activation terms (a, p, q, v) times the big slice's per-chip batch; `--check` compiles a
     third width of one stage and prints the law's prediction error there.
@@ -85,6 +86,8 @@ def _compile(config: str, stage: str, small: str, shrink: int, blocks: int | Non
     if not out.exists():
         raise RuntimeError(f"{stage} /{shrink} on {small} failed:\n{proc.stdout[-3000:]}")
     (report,) = json.loads(out.read_text())
+    if "error" in report:  # not cached: a fixed config or tool compiles it on the next run
+        raise RuntimeError(f"{stage} /{shrink} on {small}: {report['error']}")
     report["host"] = {
         "wall_s": round(wall, 1),
         "peak_rss_gib": int(rss[1]) / 2**20 if rss else None,
@@ -168,6 +171,16 @@ def state_bytes(config_path: str, stage: str, chip_counts: list[int]) -> dict[in
 # The width law.
 
 
+def width_ratio(config_path: str, stage: str, shrink: int, chips: int) -> float:
+    """w of a shrunk compile: its base channels over the paper's (aot_check's rounding)."""
+    from t2v_jax import configlib
+    from t2v_jax.perf import aot
+
+    config = configlib.load_config(f"{config_path}:{stage}")
+    shrunk = aot.shrink_config(config, shrink, chips)
+    return shrunk.model.base_channels / config.model.base_channels
+
+
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     """(lin, quad) with y = lin*w + quad*w^2 through two (w, y) points."""
     (w1, y1), (w2, y2) = points
@@ -175,14 +188,17 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return y1 / w1 - quad * w1, quad
 
 
-def extrapolate(reports: dict[int, dict], per_chip_batch: int, program: str) -> dict:
-    """Full-width temp bytes, FLOPs and HBM bytes of `program` ("train" / "sampler") per chip."""
+def extrapolate(reports: dict[float, dict], per_chip_batch: int, program: str) -> dict:
+    """Full-width temp bytes, FLOPs and HBM bytes of `program` ("train" / "sampler") per chip.
+
+    `reports`: {w: aot_check report of the compile at width ratio w}.
+    """
     pts = sorted(reports.items())
     cost = f"{program}_cost"
     get = lambda key, r: r[program]["temp_bytes"] if key == "temp" else r[cost][key]
     out = {}
     for key in ("temp", "flops", "bytes_accessed"):
-        lin, quad = fit([(1 / s, get(key, r)) for s, r in pts])
+        lin, quad = fit([(w, get(key, r)) for w, r in pts])
         if key == "temp":  # activations (lin) grow with the batch; gathered weights do not
             out[key] = per_chip_batch * lin + quad
         elif key == "flops":  # every FLOP is per sample
@@ -193,9 +209,9 @@ def extrapolate(reports: dict[int, dict], per_chip_batch: int, program: str) -> 
     return out
 
 
-def predict(law: tuple[float, float], shrink: int) -> float:
+def predict(law: tuple[float, float], w: float) -> float:
     lin, quad = law
-    return lin / shrink + quad / shrink**2
+    return lin * w + quad * w**2
 
 
 # ------------------------------------------------------------------------------------------
@@ -248,11 +264,15 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes, host = [], []
+    widths = lambda stage, kind: {
+        width_ratio(args.config, stage, s, _chip_count(small[kind])): compiled(stage, kind, s)
+        for s in shrinks
+    }
     for stage in stages:
         for topo in slices:
             kind, n = topo.chip.name, topo.num_chips
             state = _cached_state(args.config, stage, slices, cache)[str(n)]
-            reports = {s: compiled(stage, kind, s) for s in shrinks}
+            reports = widths(stage, kind)
             train_batch = state["batch"]
             per_chip = max(1, train_batch // n)
             fixed = None
@@ -276,7 +296,8 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
             roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
                              resident + sample["temp"], roof, fix))  # fmt: skip
-        for s, r in sorted(reports.items()):
+        for kind, s in ((kind, s) for kind in small for s in shrinks):
+            r = compiled(stage, kind, s)
             host.append(f"| {stage} | {small[kind]} | /{s} | {r['compile_s'].get('train_step', 0):.0f} "
                         f"| {r['compile_s'].get('sampler', 0):.0f} | {r['host']['wall_s']:.0f} "
                         f"| {r['host']['peak_rss_gib']:.1f} |")  # fmt: skip
@@ -284,11 +305,11 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
         stage, shrink = check[0], int(check[1])
         for kind in small:
             measured = compiled(stage, kind, shrink)
-            reports = {s: compiled(stage, kind, s) for s in shrinks}
-            law = extrapolate(reports, 1, "train")
+            law = extrapolate(widths(stage, kind), 1, "train")
+            w = width_ratio(args.config, stage, shrink, _chip_count(small[kind]))
             for key, value in (("temp", measured["train"]["temp_bytes"]),
                                ("flops", measured["train_cost"]["flops"])):  # fmt: skip
-                guess = predict(law[f"{key}_law"], shrink)
+                guess = predict(law[f"{key}_law"], w)
                 notes.append(f"- {stage} train {key} at /{shrink} on {small[kind]}: law "
                              f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
     out = "\n".join(rows)

@@ -65,24 +65,32 @@ def parse_budget(text: str) -> tuple[str, int]:
     return label, int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def shrink_config(config: ml_collections.ConfigDict, factor: int) -> ml_collections.ConfigDict:
+def shrink_config(
+    config: ml_collections.ConfigDict, factor: int, multiple: int = 1
+) -> ml_collections.ConfigDict:
     """A copy with every width divided by `factor` (channels, text width, heads' size, norm groups).
 
     Shapes, depths, attention placement and the sharding rules stay, so a shrunk paper-scale
     stage compiles the same program structure quickly (for tests and a fast first look).
+    `multiple` rounds each shrunk width up to a multiple of it (the mesh's fsdp x tensor size,
+    so the shrunk widths still split over the mesh: 704 / 32 = 22 does not split over 4 chips,
+    24 does); the true width ratio is then `shrunk.model.base_channels / base_channels`.
     """
     if factor < 1:
         raise ValueError(f"factor: must be >= 1, got {factor}")
+    if multiple < 1:
+        raise ValueError(f"multiple: must be >= 1, got {multiple}")
+    shrink = lambda width: -(-max(1, width // factor) // multiple) * multiple
     config = copy.deepcopy(config)
     model = config.model
-    model.base_channels = max(1, model.base_channels // factor)
+    model.base_channels = shrink(model.base_channels)
     groups = model.get("norm_groups", 32)
     model.norm_groups = math.gcd(groups, model.base_channels)
     if model.get("head_dim"):
         model.head_dim = math.gcd(model.head_dim, model.base_channels)
     if model.get("embed_dim"):
-        model.embed_dim = max(1, model.embed_dim // factor)
-    model.text_dim = max(1, model.text_dim // factor)
+        model.embed_dim = shrink(model.embed_dim)
+    model.text_dim = shrink(model.text_dim)
     if "text" in config and "dim" in config.text:
         config.text.dim = model.text_dim
     return config
