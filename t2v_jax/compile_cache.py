@@ -20,13 +20,15 @@ DEFAULT_DIR = (
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.Path:
     """Turns on JAX's persistent compilation cache in `path` (default: ~/.cache/t2v_jax/xla).
 
-    `T2V_JAX_COMPILATION_CACHE` overrides the default. Programs that compile in under a second
-    are not cached (they are cheaper to rebuild than to read back).
+    `T2V_JAX_COMPILATION_CACHE` overrides the default. Every program is cached, however fast it
+    compiles: a sample runs about 25 small ones (key folding, initial noise, clipping, the text
+    encoder) that each compile in 0.01-0.7 s but read back in milliseconds (with JAX's default
+    1 s floor, a warm demo sample spent 4.2 s in XLA compiles; with none, 2.5 s).
     """
     path = pathlib.Path(path or os.environ.get("T2V_JAX_COMPILATION_CACHE") or DEFAULT_DIR)
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
 

@@ -63,7 +63,7 @@ def _run(tmp_path, name):
 
 
 @pytest.mark.slow  # two t2v-sample processes on the shipped demo (about 1.5 min on 2 cores)
-def test_second_default_sample_process_compiles_no_sampler_program(tmp_path):
+def test_second_default_sample_process_compiles_nothing(tmp_path):
     first = _run(tmp_path, "first")
     written = {key: module for module, key in first["write"]}
     # Every stage's sampler program (three stages) was cacheable, progress bar and all.
@@ -72,5 +72,6 @@ def test_second_default_sample_process_compiles_no_sampler_program(tmp_path):
     second = _run(tmp_path, "second")
     hits = {key for _, key in second["hit"]}
     assert set(written) <= hits, (written, second)
-    assert not {key for _, key in second["miss"]} & set(written)
-    assert [m for m, _ in second["write"] if m == "jit_stage_steps"] == [], second
+    # Nothing compiles at all, the small programs (noise, keys, clipping, text encoder) included:
+    # the cache keeps programs however fast they compile.
+    assert second["miss"] == [] and second["write"] == [], second
