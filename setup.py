@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "imageio>=2.38",
     "imageio-ffmpeg>=0.8.1",
     "tensorboardX>=2.6.5",
+    "flatbuffers>=25.12.19",  # jax.export's serialization: stage programs memoized in the cache
 ]
 
 EXTRAS_REQUIRE = {

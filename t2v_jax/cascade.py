@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax import pipeline_format, pipeline_sharding, sharding, video_in
+from t2v_jax import compile_cache, pipeline_format, pipeline_sharding, sharding, video_in
 from t2v_jax.diffusion import guidance as guidance_lib
 from t2v_jax.diffusion import reconstruction, samplers, schedules
 from t2v_jax.models import platform
@@ -277,7 +277,25 @@ class Pipeline:
         # Placed once per stage, not per call: host (numpy) params would be copied by every call.
         where = pipeline_sharding.param_shardings(stage.model, stage.config, self.mesh, sharded)
         fn = self._stage_fn(index, batch, num_steps, guided, sharded, known_method)
-        return fn, jax.device_put(stage.params, where)
+        params = jax.device_put(stage.params, where)
+        settings = (index, batch, num_steps, guided, sharded, known_method)
+        return self._exported(fn, (params, *rest), settings), params
+
+    def _exported(self, fn, args: tuple, settings: tuple):
+        """Stage program `fn` as its exported twin (compile_cache.exported_program), so a second
+        process reads it instead of tracing the U-Net; `settings` as in `_place_stage`."""
+        key = ("exported", *settings)
+        if key not in self._compiled:
+            index, batch = settings[:2]
+            stage, device = self.stages[index], self.mesh.devices.flat[0]
+            state = jax.eval_shape(self._init_fn(index, batch), args[1])
+            what = repr((stage.config, stage.model, settings, self.calls_per_stage,
+                         device.platform, device.device_kind, dict(self.mesh.shape)))  # fmt: skip
+            with self._compile_target():  # the export traces for the mesh's platform
+                self._compiled[key] = compile_cache.exported_program(
+                    "stage_steps", what, fn, (*args, state, np.int32(0))
+                )
+        return self._compiled[key]
 
     def _init_fn(self, index: int, batch: int):
         """jit-compiled `keys -> state`: stage `index`'s initial noise as a sampler state."""

@@ -51,6 +51,11 @@ class KnownFrames(NamedTuple):
     weight: jax.Array
 
 
+# Stage programs that take given frames are memoized as jax.export'ed programs
+# (compile_cache.exported_program), whose serialized signature names every pytree type.
+jax.export.register_namedtuple_serialization(KnownFrames, serialized_name="t2v_jax.KnownFrames")
+
+
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"cond_method: {method!r} is not one of {', '.join(METHODS)}")

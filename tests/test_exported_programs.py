@@ -1,0 +1,83 @@
+"""Stage programs memoized as `jax.export`ed StableHLO: a new process (here: a new Pipeline,
+which shares no jit cache with the first) reads them instead of tracing the U-Net, samples the
+same videos, and never uses a damaged or mismatched memo."""
+
+import logging
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from t2v_jax import cascade, compile_cache, sharding
+from t2v_jax.configlib import load_config
+from t2v_jax.diffusion import samplers
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROMPTS = ["red circle", "blue square"]
+
+
+@pytest.fixture(scope="module")
+def parts():
+    configs = [load_config(f"{ROOT / 'configs' / 'tiny.py'}:{s}") for s in ("base", "tsr", "ssr")]
+    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(1))
+    mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
+    return cascade.build_pipeline(configs, encoder, jax.random.key(0), mesh=mesh)
+
+
+def _fresh(pipe, **kwargs):
+    """A Pipeline over the same stages with empty in-process program caches."""
+    return cascade.Pipeline(pipe.text_encoder, pipe.stages, pipe.mesh, **kwargs)
+
+
+def _sample(pipe):
+    return pipe.sample(PROMPTS, seed=4, num_steps=2, guidance_scale=2.0, progress=False)
+
+
+@pytest.fixture
+def memo(parts, tmp_path, monkeypatch):
+    """(memo folder, the videos sampled without any memo)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(compile_cache, "memo_dir", lambda name: None)
+        reference = _sample(_fresh(parts))
+    folder = tmp_path / "exported"
+    monkeypatch.setattr(compile_cache, "memo_dir", lambda name: tmp_path / name)
+    return folder, reference
+
+
+def _no_tracing(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the stage program was traced, not read from its exported memo")
+
+    monkeypatch.setattr(samplers, "sample_steps", boom)
+
+
+def test_a_new_pipeline_reads_the_exported_programs_instead_of_tracing(parts, memo, monkeypatch):
+    folder, reference = memo
+    np.testing.assert_array_equal(_sample(_fresh(parts)), reference)  # exports and writes
+    assert len(list(folder.glob("stage_steps-*.bin"))) == 3  # one per stage
+    _no_tracing(monkeypatch)
+    np.testing.assert_array_equal(_sample(_fresh(parts)), reference)
+
+
+def test_the_memo_key_holds_the_static_settings(parts, memo, monkeypatch):
+    folder, reference = memo
+    _sample(_fresh(parts))
+    # One call per stage runs 2 steps per call where the default ran 1: the same argument
+    # shapes, so only the key tells the programs apart.
+    np.testing.assert_array_equal(_sample(_fresh(parts, calls_per_stage=1)), reference)
+    assert len(list(folder.glob("stage_steps-*.bin"))) == 6
+
+
+def test_a_damaged_memo_is_exported_again(parts, memo, monkeypatch, caplog):
+    folder, reference = memo
+    _sample(_fresh(parts))
+    for file in folder.glob("stage_steps-*.bin"):
+        blob = bytearray(file.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        file.write_bytes(bytes(blob))
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(_sample(_fresh(parts)), reference)
+    assert caplog.text.count("unreadable exported program") == 3
+    _no_tracing(monkeypatch)  # rewritten whole: the next pipeline reads them again
+    np.testing.assert_array_equal(_sample(_fresh(parts)), reference)
