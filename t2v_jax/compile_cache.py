@@ -59,6 +59,10 @@ def memo_dir(name: str) -> pathlib.Path | None:
     root = jax.config.jax_compilation_cache_dir
     if not root or not jax.config.jax_enable_compilation_cache:
         return None
+    if "://" in str(root):
+        # A bucket (gs://...: JAX's cache reads and writes it itself). pathlib would turn it
+        # into a local relative folder "gs:/..."; the memos are small and local-only.
+        return None
     return pathlib.Path(root) / f"t2v_jax_{name}"
 
 

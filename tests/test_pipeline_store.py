@@ -52,9 +52,11 @@ def test_param_shapes_are_memoized_and_the_memo_cannot_hide_a_mismatch(
     assert traced == ["base", "tsr", "ssr"]
 
 
-def test_no_memo_without_a_compilation_cache():
+@pytest.mark.parametrize("cache_dir", [None, "gs://bucket/xla"])
+def test_no_memo_without_a_local_compilation_cache(cache_dir):
+    # On a bucket, pathlib would have written the memos to a local folder named "gs:".
     previous = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
     try:
         assert compile_cache.memo_dir("param_shapes") is None
     finally:
