@@ -39,3 +39,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def build_tiny_pipeline():
+    """`(one_device=True, encoder_seed=1, params_seed=0) -> Pipeline`: the random base -> TSR ->
+    SSR cascade of configs/tiny.py (the tests' stand-in for the demo), on one device or on
+    the default mesh over every (fake) device."""
+    import pathlib
+
+    from t2v_jax import cascade, sharding
+    from t2v_jax.configlib import load_config
+
+    tiny = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
+
+    def build(one_device: bool = True, encoder_seed: int = 1, params_seed: int = 0):
+        configs = [load_config(f"{tiny}:{stage}") for stage in ("base", "tsr", "ssr")]
+        encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(encoder_seed))
+        mesh = None
+        if one_device:
+            mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
+        return cascade.build_pipeline(configs, encoder, jax.random.key(params_seed), mesh=mesh)
+
+    return build

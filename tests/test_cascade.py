@@ -13,7 +13,6 @@ import pytest
 
 import t2v_jax
 from t2v_jax import cascade, pipeline_store, sharding
-from t2v_jax.configlib import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROMPTS = ["a red circle moving right", "a blue square", "green", "x"]
@@ -26,16 +25,9 @@ def _assert_same_video(a, b):
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
 
 
-def _tiny_pipeline(mesh):
-    configs = [load_config(f"{ROOT / 'configs' / 'tiny.py'}:{s}") for s in ("base", "tsr", "ssr")]
-    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(1))
-    return cascade.build_pipeline(configs, encoder, jax.random.key(0), mesh=mesh)
-
-
 @pytest.fixture(scope="module")
-def pipe():
-    one_device = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
-    return _tiny_pipeline(one_device)
+def pipe(build_tiny_pipeline):
+    return build_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -255,15 +255,12 @@ def _load_tool():
 
 
 @pytest.mark.slow  # ~25 s of tiny compiles on a quiet 2-core CPU (first run: more)
-def test_eval_tool_runs_end_to_end_on_a_tiny_random_pipeline(tmp_path, monkeypatch, capsys):
+def test_eval_tool_runs_end_to_end_on_a_tiny_random_pipeline(
+    tmp_path, monkeypatch, capsys, build_tiny_pipeline
+):
     import jax
 
-    from t2v_jax import cascade
-    from t2v_jax.configlib import load_config
-
-    configs = [load_config(f"{ROOT / 'configs' / 'tiny.py'}:{s}") for s in ("base", "tsr", "ssr")]
-    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(0))
-    pipe = cascade.build_pipeline(configs, encoder, jax.random.key(1))
+    pipe = build_tiny_pipeline(one_device=False, encoder_seed=0, params_seed=1)
     pipe.save(tmp_path / "tiny_pipeline")
     # Keep the tests' compilation cache (the tool would switch to the user's default one).
     monkeypatch.setenv("T2V_JAX_COMPILATION_CACHE", jax.config.jax_compilation_cache_dir)

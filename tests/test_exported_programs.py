@@ -5,12 +5,10 @@ same videos, and never uses a damaged or mismatched memo."""
 import logging
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
-from t2v_jax import cascade, compile_cache, sharding
-from t2v_jax.configlib import load_config
+from t2v_jax import cascade, compile_cache
 from t2v_jax.diffusion import samplers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -18,11 +16,8 @@ PROMPTS = ["red circle", "blue square"]
 
 
 @pytest.fixture(scope="module")
-def parts():
-    configs = [load_config(f"{ROOT / 'configs' / 'tiny.py'}:{s}") for s in ("base", "tsr", "ssr")]
-    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(1))
-    mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
-    return cascade.build_pipeline(configs, encoder, jax.random.key(0), mesh=mesh)
+def parts(build_tiny_pipeline):
+    return build_tiny_pipeline()
 
 
 def _fresh(pipe, **kwargs):

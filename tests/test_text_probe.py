@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from t2v_jax import cascade
-from t2v_jax.configlib import load_config
 from t2v_jax.data import render
 from t2v_jax.eval import text_probe
 from t2v_jax.eval.shapes_judge import judge_video, measure_video
@@ -50,10 +49,8 @@ def test_rendered_clips_show_their_labels(data_config):
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline():
-    configs = [load_config(f"{ROOT / 'configs' / 'tiny.py'}:{s}") for s in ("base", "tsr", "ssr")]
-    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(0))
-    return cascade.build_pipeline(configs, encoder, jax.random.key(1))
+def tiny_pipeline(build_tiny_pipeline):
+    return build_tiny_pipeline(one_device=False, encoder_seed=0, params_seed=1)
 
 
 @pytest.mark.filterwarnings("ignore:.*truncated")  # tiny T5: max_length 16

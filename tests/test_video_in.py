@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2v_jax import cascade, sharding, video_in, video_io
-from t2v_jax.configlib import load_config
+from t2v_jax import cascade, video_in, video_io
 from t2v_jax.diffusion import samplers, schedules
 from t2v_jax.models.unet3d import VideoUNet
 from t2v_jax.upsample import upsample_video
@@ -17,11 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    configs = [load_config(f"{ROOT / 'configs' / 'tiny.py'}:{s}") for s in ("base", "tsr", "ssr")]
-    encoder = cascade.text_encoder_from_config(configs[0].text, jax.random.key(1))
-    mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
-    return cascade.build_pipeline(configs, encoder, jax.random.key(0), mesh=mesh)
+def pipe(build_tiny_pipeline):
+    return build_tiny_pipeline()
 
 
 def _by_hand(pipe, prompts, low, start, seed, num_steps):
