@@ -89,9 +89,10 @@ def exported_program(name: str, key: str, fn: Callable, args: Sequence[Any]) -> 
     named `name` and keyed by `key`, the argument shapes, dtypes and shardings and
     `source_fingerprint()`, so a later process deserializes it and goes straight to the
     (cached) compile. `key` must name everything else the program depends on (configs, static
-    settings). Without a compilation cache, or without `flatbuffers` (what
-    `Exported.serialize` needs), `fn` is returned as is. A memo whose checksum does not match
-    or that does not deserialize is exported again, never used.
+    settings). Without a compilation cache, without `flatbuffers` (what `Exported.serialize`
+    needs), or when the program cannot be exported (a custom call with no stability
+    guarantee, e.g. a GPU library kernel), `fn` is returned as is. A memo whose checksum does
+    not match or that does not deserialize is exported again, never used.
     """
     folder = memo_dir("exported")
     if folder is None:
@@ -115,8 +116,12 @@ def exported_program(name: str, key: str, fn: Callable, args: Sequence[Any]) -> 
         except Exception as e:  # any damage: export again
             logging.warning("%s: unreadable exported program (%s); exporting again", file, e)
     if exported is None:
-        exported = jax.export.export(fn)(*args)
-        payload = bytes(exported.serialize())
+        try:
+            exported = jax.export.export(fn)(*args)
+            payload = bytes(exported.serialize())
+        except Exception as e:  # e.g. a GPU kernel whose custom call export does not allow
+            logging.warning("%s: not exportable (%s); traced in every process", name, e)
+            return fn
         write_memo(file, hashlib.sha256(payload).digest() + payload)
 
     def program(*a):  # named, so the compilation cache's entries say which program they hold

@@ -5,6 +5,7 @@ same videos, and never uses a damaged or mismatched memo."""
 import logging
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,3 +77,15 @@ def test_a_damaged_memo_is_exported_again(parts, memo, monkeypatch, caplog):
     assert caplog.text.count("unreadable exported program") == 3
     _no_tracing(monkeypatch)  # rewritten whole: the next pipeline reads them again
     np.testing.assert_array_equal(_sample(_fresh(parts)), reference)
+
+
+def test_a_program_that_cannot_be_exported_is_traced_as_before(parts, memo, monkeypatch, caplog):
+    folder, reference = memo
+
+    def refuse(fn, **kwargs):
+        raise ValueError("custom call target not guaranteed stable")
+
+    monkeypatch.setattr(jax.export, "export", refuse)
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(_sample(_fresh(parts)), reference)
+    assert caplog.text.count("not exportable") == 3 and not list(folder.glob("*.bin"))
