@@ -1,7 +1,8 @@
 """The paper-scale TPU table: every Imagen Video stage on big slices, from exact state sizes and shrunk TPU compiles.
 
-A full paper stage does not compile on a 2-core, 24 GB host in a session (the base train step at
-1/8 width took 20 min and > 10 GB), so each row combines:
+A full paper stage does not compile on a 2-core, 24 GB host in a session (TPU compile time grows
+with the widths: the paper base's sampler took 196 s at 1/32 width and 1541 s at full width, its
+train step 18 min at 1/32; every compile needs ~10 GB of host memory), so each row combines:
   * exact per-chip bytes of the params, EMA params and AdamW state on the big slice (the abstract
     sharded train state: shapes only, nothing compiled; fsdp over every chip);
   * temporaries, FLOPs and HBM bytes from the TPU compiler on a small slice of the same chip
@@ -12,7 +13,10 @@ A full paper stage does not compile on a 2-core, 24 GB host in a session (the ba
     (w = shrunk / paper base channels, the true ratio after rounding: activations grow with w, weights and dense/conv FLOPs with w^2,
     attention's QK^T/AV FLOPs with w at fixed tokens), then extrapolated to w = 1 with the
     activation terms (a, p, q, v) times the big slice's per-chip batch; `--check` compiles a
-    third width of one stage and prints the law's prediction error there.
+    third width of one stage and prints the law's prediction error there. Every stage compiles
+    for the first `--small` slice's chip; the other chips compile only the `--cross` stages,
+    whose rows compare the two chips' figures, and the rest of their rows use the first chip's
+    law (same TPU generation for v5e and v5p; rows say which law they use).
   * a roofline step time max(FLOPs / peak, bytes / HBM bandwidth) from t2v_jax/perf/chips.py
     (collectives not counted: an upper bound on speed).
 Where a training row does not fit, the tool halves the per-chip batch until it does and shows
@@ -50,11 +54,14 @@ def _args(argv):
     parser.add_argument("--slices", default="v5p-128,v5e-256", help="the table's TPU slices")
     parser.add_argument(
         "--small",
-        default="v5p:2x2x1,v5e:2x2",
-        help="per chip kind, the slice the shrunk programs compile for",
+        default="v5e:2x2,v5p:2x2x1",
+        help="per chip kind, the slice the shrunk programs compile for (the first: every stage)",
     )
     parser.add_argument("--shrinks", default="32,16", help="the two fitted width divisors")
     parser.add_argument("--check", default=None, help="STAGE:SHRINK compiled to test the law")
+    parser.add_argument(
+        "--cross", default="base", help="stages also compiled for the other --small chips"
+    )
     parser.add_argument("--cache", default="paper_table_cache.json")
     parser.add_argument("--compile-only", action="store_true", help="fill the cache, no table")
     parser.add_argument(
@@ -242,37 +249,47 @@ def main(argv=None) -> int:
             cache_path.write_text(json.dumps(cache, indent=1))
         return cache[key]
 
-    for kind in small:
-        for stage in stages:
+    primary = next(iter(small))
+    cross = [s for s in args.cross.split(",") if s] if args.cross else []
+    for kind in small:  # the first chip: every stage, then the law check; others: --cross
+        for stage in stages if kind == primary else [s for s in stages if s in cross]:
             for shrink in shrinks:
                 compiled(stage, kind, shrink)
-        if check:
+        if check and kind == primary:
             compiled(check[0], kind, int(check[1]))
     if args.compile_only:
         return 0
-    print(table(args, stages, shrinks, slices, small, compiled, check, cache))
+    print(table(args, stages, shrinks, slices, small, compiled, check, cache, cross))
     cache_path.write_text(json.dumps(cache, indent=1))
     return 0
 
 
-def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
+def table(args, stages, shrinks, slices, small, compiled, check, cache, cross) -> str:
     from t2v_jax.perf import chips
 
     rows = [
         "| stage | slice (chips) | mesh data,fsdp,tensor | program | batch (per chip) | params+EMA+opt / chip | "
-        "temp / chip (extrap.) | total / chip | fits | est. step (roofline) | fix |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "temp / chip (extrap.) | total / chip | fits | est. step (roofline) | fix | law compiled on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    primary = next(iter(small))
+    law_kind = lambda stage, kind: kind if kind == primary or stage in cross else primary
     notes, host = [], []
-    widths = lambda stage, kind: {
-        width_ratio(args.config, stage, s, _chip_count(small[kind])): compiled(stage, kind, s)
-        for s in shrinks
-    }
+
+    def widths(stage, kind):
+        out = {width_ratio(args.config, stage, s, _chip_count(small[kind])): compiled(stage, kind, s)
+               for s in shrinks}  # fmt: skip
+        if len(out) < len(shrinks):
+            raise SystemExit(f"--shrinks: {args.shrinks} give {stage} the same width once rounded "
+                             f"to split over {small[kind]}'s chips; pick divisors further apart")  # fmt: skip
+        return out
+
     for stage in stages:
         for topo in slices:
             kind, n = topo.chip.name, topo.num_chips
             state = _cached_state(args.config, stage, slices, cache)[str(n)]
-            reports = widths(stage, kind)
+            reports = widths(stage, law_kind(stage, kind))
+            law = small[law_kind(stage, kind)]
             train_batch = state["batch"]
             per_chip = max(1, train_batch // n)
             fixed = None
@@ -287,7 +304,7 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
             mesh = ",".join(map(str, state["mesh"]))
             rows.append(_row(stage, topo, mesh, "train", f"{per_chip * n} ({per_chip})",
                              state["params"] + state["ema"] + state["opt"], train["temp"], total,
-                             roof, fixed or ("" if total <= topo.chip.hbm_bytes else "does not fit")))  # fmt: skip
+                             roof, fixed or ("" if total <= topo.chip.hbm_bytes else "does not fit"), law))  # fmt: skip
             sample = extrapolate(reports, 1, "sampler")
             resident = state["params_replicated"]
             fix = ""
@@ -295,15 +312,16 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
                 resident, fix = state["params"], "param_sharding='sharded'"
             roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
-                             resident + sample["temp"], roof, fix))  # fmt: skip
-        for kind, s in ((kind, s) for kind in small for s in shrinks):
+                             resident + sample["temp"], roof, fix, law))  # fmt: skip
+        kinds = [k for k in small if k == primary or stage in cross]
+        for kind, s in ((kind, s) for kind in kinds for s in shrinks):
             r = compiled(stage, kind, s)
             host.append(f"| {stage} | {small[kind]} | /{s} | {r['compile_s'].get('train_step', 0):.0f} "
                         f"| {r['compile_s'].get('sampler', 0):.0f} | {r['host']['wall_s']:.0f} "
                         f"| {r['host']['peak_rss_gib']:.1f} |")  # fmt: skip
     if check:
         stage, shrink = check[0], int(check[1])
-        for kind in small:
+        for kind in [primary]:
             measured = compiled(stage, kind, shrink)
             law = extrapolate(widths(stage, kind), 1, "train")
             w = width_ratio(args.config, stage, shrink, _chip_count(small[kind]))
@@ -312,8 +330,24 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache) -> str:
                 guess = predict(law[f"{key}_law"], w)
                 notes.append(f"- {stage} train {key} at /{shrink} on {small[kind]}: law "
                              f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
+    for stage in (s for s in stages if s in cross):
+        ref = {p: extrapolate(widths(stage, primary), 1, p) for p in ("train", "sampler")}
+        for kind in (k for k in small if k != primary):
+            for program in ("train", "sampler"):
+                other = extrapolate(widths(stage, kind), 1, program)
+                notes.append(
+                    f"- {stage} {program}, full width, 1 sample per chip: temp {small[kind]} "
+                    f"{other['temp'] / GiB:.3g} GiB vs {small[primary]} "
+                    f"{ref[program]['temp'] / GiB:.3g} GiB ({other['temp'] / ref[program]['temp'] - 1:+.1%}); "
+                    f"FLOPs {other['flops'] / ref[program]['flops'] - 1:+.1%}"
+                )  # fmt: skip
     out = "\n".join(rows)
-    out += "\n\nLaw check (a third width, compiled):\n" + "\n".join(notes) if notes else ""
+    out += (
+        "\n\nLaw checks (a third width, compiled; the same stage's law on another chip):\n"
+        + "\n".join(notes)
+        if notes
+        else ""
+    )
     out += ("\n\nShrunk compiles (s: TPU compile; wall and peak RSS of the whole process):\n"
             "| stage | slice | width | train compile s | sampler compile s | wall s | peak RSS GiB |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(host))  # fmt: skip
@@ -354,12 +388,12 @@ def state_table(config, stages, slices, cache) -> str:
     return "\n".join(rows)
 
 
-def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix) -> str:
+def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix, law) -> str:
     fits = "yes" if total <= topo.chip.hbm_bytes else "**no**"
     return (f"| {stage} | {topo.name} ({topo.num_chips}) | {mesh} | {program} | {batch} | "
             f"{state / GiB:.2f} GiB | {temp / GiB:.2f} GiB | {total / GiB:.2f} / "
             f"{topo.chip.hbm_bytes / GiB:.0f} GiB | {fits} | {roof['step_s'] * 1e3:.0f} ms "
-            f"({roof['bound']}) | {fix} |")  # fmt: skip
+            f"({roof['bound']}) | {fix} | {law} |")  # fmt: skip
 
 
 if __name__ == "__main__":
