@@ -251,12 +251,15 @@ def main(argv=None) -> int:
 
     primary = next(iter(small))
     cross = [s for s in args.cross.split(",") if s] if args.cross else []
-    for kind in small:  # the first chip: every stage, then the law check; others: --cross
+    # The law check's stage and third width first (whether the law holds decides whether the
+    # rest is worth compiling), then every stage on the first chip, then --cross on the others.
+    if check:
+        for shrink in [*shrinks, int(check[1])]:
+            compiled(check[0], primary, shrink)
+    for kind in small:
         for stage in stages if kind == primary else [s for s in stages if s in cross]:
             for shrink in shrinks:
                 compiled(stage, kind, shrink)
-        if check and kind == primary:
-            compiled(check[0], kind, int(check[1]))
     if args.compile_only:
         return 0
     print(table(args, stages, shrinks, slices, small, compiled, check, cache, cross))
