@@ -58,8 +58,6 @@ def test_shrunk_widths_round_up_to_split_over_the_mesh():
     assert aot.shrink_config(base, 16, multiple=4).model.base_channels == 44  # already splits
     mesh = jax.sharding.AbstractMesh((1, 4, 1), sharding.MESH_AXES)
     aot.check_divisibility(shrunk, mesh, sharding.DEFAULT_RULES, 4)  # raised before
-    table = _paper_table()
-    assert table.width_ratio("configs/imagen_video.py", "base", 32, 4) == 24 / 704
 
 
 def _fail_if_compiled(monkeypatch):
@@ -220,6 +218,29 @@ def test_paper_table_width_law_recovers_a_known_law():
     full = table.extrapolate(reports, 4, "train")
     assert full["temp"] == pytest.approx(4 * 3e9 + 5e9)
     assert full["flops"] == pytest.approx(4 * (3e9 + 5e9))
+
+
+def test_paper_table_compiles_unpadded_widths_and_bounds_a_single_full_width_point():
+    table = _paper_table()
+    paper = "configs/imagen_video.py"
+    assert table.stage_widths(paper, "base", [128, 256]) == [128, 256]  # 704 channels
+    assert table.stage_widths(paper, "ssr1", [128, 256]) == [128, 224]  # its own width measured
+    assert table.stage_widths(paper, "ssr3", [128, 256]) == [128]  # 128 channels: itself
+    assert table.padding_factor(paper, "base") == pytest.approx(768 / 704)  # 704 -> 6 x 128
+    assert table.padding_factor(paper, "tsr1") == 1.0  # 256 x (1, 2, 4, 8)
+    # The law's activation term grows by the full width's padding when it extrapolates...
+    law = lambda w: 3e9 * w + 5e9 * w * w
+    reports = {w: {"train": {"temp_bytes": law(w)},
+                   "train_cost": {"flops": law(w), "bytes_accessed": law(w)}}
+               for w in (128 / 704, 256 / 704)}  # fmt: skip
+    assert table.extrapolate(reports, 2, "train", 1.25)["temp"] == pytest.approx(
+        2 * 3e9 * 1.25 + 5e9
+    )
+    # ... and a lone full-width compile is exact for one sample per chip, a bound for more.
+    one = {1.0: reports[256 / 704]}
+    assert table.extrapolate(one, 1, "train")["temp"] == law(256 / 704)
+    bound = table.extrapolate(one, 4, "train")
+    assert bound["temp"] == 4 * law(256 / 704) and bound["bound"]
 
 
 def test_config_overrides_reach_every_stage_and_bad_ones_stop_before_compiling():

@@ -1,4 +1,4 @@
-"""The paper-scale TPU table: every Imagen Video stage on big slices, from exact state sizes and shrunk TPU compiles.
+"""The paper-scale TPU table: every Imagen Video stage on big slices, from exact state sizes and small TPU compiles.
 
 A full paper stage does not compile on a 2-core, 24 GB host in a session (TPU compile time grows
 with the widths: the paper base's sampler took 196 s at 1/32 width and 1541 s at full width, its
@@ -6,28 +6,33 @@ train step 18 min at 1/32; every compile needs ~10 GB of host memory), so each r
   * exact per-chip bytes of the params, EMA params and AdamW state on the big slice (the abstract
     sharded train state: shapes only, nothing compiled; fsdp over every chip);
   * temporaries, FLOPs and HBM bytes from the TPU compiler on a small slice of the same chip
-    (`--small`, mesh 1,CHIPS,1, one sample per chip) at two shrunk widths (`--shrinks`, every
-    width divided and rounded up to split over the chips, shapes and depth kept), fitted per
-    stage as
+    (`--small`, mesh 1,CHIPS,1, one sample per chip) at two narrower widths (`--widths`: base
+    channels, multiples of 128 so that no level is padded to the TPU's 128-lane tiles; below 128
+    a shrunk model's activations cost ~3x their size and a law fitted there overstates the full
+    width's), fitted per stage as
       temp(w) = a*w + c*w^2,   FLOPs(w) = p*w^2 + q*w,   bytes(w) = u*w^2 + v*w
-    (w = shrunk / paper base channels, the true ratio after rounding: activations grow with w, weights and dense/conv FLOPs with w^2,
-    attention's QK^T/AV FLOPs with w at fixed tokens), then extrapolated to w = 1 with the
-    activation terms (a, p, q, v) times the big slice's per-chip batch; `--check` compiles a
-    third width of one stage and prints the law's prediction error there. Every stage compiles
-    for the first `--small` slice's chip; the other chips compile only the `--cross` stages,
-    whose rows compare the two chips' figures, and the rest of their rows use the first chip's
-    law (same TPU generation for v5e and v5p; rows say which law they use).
+    (w = base channels / the stage's own: activations grow with w, weights and dense/conv FLOPs
+    with w^2, attention's QK^T/AV FLOPs with w at fixed tokens), then extrapolated to w = 1 with
+    the activation terms (a, v) times the big slice's per-chip batch and times the full width's
+    own tile padding (`padding_factor`: 704 channels -> 768). A stage at most one of whose
+    widths is below its own compiles at its own width too; with a single full-width compile
+    (128-channel stages) the figure is exact for one sample per chip and an upper bound (every
+    term times the batch) for more. `--check STAGE:CHANNELS` compiles a third width of one stage
+    and prints the law's prediction error there.
+    Every stage compiles for the first `--small` slice's chip; the other chips compile only the
+    `--cross` stages, whose full-width laws are compared in the notes, and their other rows use
+    the first chip's law (v5e and v5p are one TPU generation; each row names its law's slice).
   * a roofline step time max(FLOPs / peak, bytes / HBM bandwidth) from t2v_jax/perf/chips.py
     (collectives not counted: an upper bound on speed).
 Where a training row does not fit, the tool halves the per-chip batch until it does and shows
 that setting (the knobs: train.batch_size, model.remat, the mesh's fsdp); a sampling row whose
 replicated params do not fit is shown with Pipeline(param_sharding="sharded").
 
-  python tools/paper_table.py --slices v5p-128,v5e-256 --shrinks 32,16 --check base:8 \
+  python tools/paper_table.py --slices v5p-128,v5e-256 --widths 128,256 --check base:384 \
       --cache /tmp/paper_table.json > table.md
 
-Each shrunk compile runs `tools/aot_check.py --topology` in a subprocess (one at a time), timed
-and with its peak host memory, and is cached in --cache by (stage, chip, shrink), so a rerun only
+Each compile runs `tools/aot_check.py --topology` in a subprocess (one at a time), timed and
+with its peak host memory, and is cached in --cache by (stage, chip, channels), so a rerun only
 compiles what is missing. Needs libtpu (the tpu extra).
 """
 
@@ -57,8 +62,10 @@ def _args(argv):
         default="v5e:2x2,v5p:2x2x1",
         help="per chip kind, the slice the shrunk programs compile for (the first: every stage)",
     )
-    parser.add_argument("--shrinks", default="32,16", help="the two fitted width divisors")
-    parser.add_argument("--check", default=None, help="STAGE:SHRINK compiled to test the law")
+    parser.add_argument(
+        "--widths", default="128,256", help="the two fitted base-channel counts (x128: unpadded)"
+    )
+    parser.add_argument("--check", default=None, help="STAGE:CHANNELS compiled to test the law")
     parser.add_argument(
         "--cross", default="base", help="stages also compiled for the other --small chips"
     )
@@ -76,25 +83,27 @@ def _args(argv):
 # Shrunk compiles (subprocesses: the TPU compile is the expensive part, and its memory is freed).
 
 
-def _compile(config: str, stage: str, small: str, shrink: int, blocks: int | None) -> dict:
-    """aot_check.py's JSON report of one shrunk stage, plus wall time and peak host RSS."""
-    out = pathlib.Path(f"/tmp/paper_table_{stage}_{small.replace(':', '_')}_{shrink}.json")
-    if blocks is not None:
-        config = _fewer_blocks_config(config, blocks)
+def _compile(config: str, stage: str, small: str, channels: int) -> dict:
+    """aot_check.py's JSON report of one stage at `channels` base channels (the stage's own
+    width: unchanged), one sample per chip on `small`, plus wall time and peak host RSS."""
+    out = pathlib.Path(f"/tmp/paper_table_{stage}_{small.replace(':', '_')}_c{channels}.json")
     chips = _chip_count(small)
     cmd = ["/usr/bin/time", "-v", sys.executable, str(ROOT / "tools/aot_check.py"),
            "--topology", small, "--config", config, "--stages", stage, "--batch", str(chips),
-           "--sample-batch", str(chips), "--shrink", str(shrink), "--sampler-params", "sharded",
-           "--json", str(out)]  # fmt: skip
+           "--sample-batch", str(chips), "--sampler-params", "sharded", "--json", str(out)]  # fmt: skip
+    if channels != full_channels(config, stage):
+        cmd += ["--set", f"model.base_channels={channels}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     if not out.exists():
-        raise RuntimeError(f"{stage} /{shrink} on {small} failed:\n{proc.stdout[-3000:]}")
+        raise RuntimeError(
+            f"{stage} at {channels} channels on {small} failed:\n{proc.stdout[-3000:]}"
+        )
     (report,) = json.loads(out.read_text())
     if "error" in report:  # not cached: a fixed config or tool compiles it on the next run
-        raise RuntimeError(f"{stage} /{shrink} on {small}: {report['error']}")
+        raise RuntimeError(f"{stage} at {channels} channels on {small}: {report['error']}")
     report["host"] = {
         "wall_s": round(wall, 1),
         "peak_rss_gib": int(rss[1]) / 2**20 if rss else None,
@@ -102,18 +111,27 @@ def _compile(config: str, stage: str, small: str, shrink: int, blocks: int | Non
     return report
 
 
-def _fewer_blocks_config(config: str, blocks: int) -> str:
-    path = pathlib.Path(f"/tmp/paper_table_blocks{blocks}.py")
-    path.write_text(
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('paper', {str(ROOT / config)!r})\n"
-        "paper = importlib.util.module_from_spec(spec); spec.loader.exec_module(paper)\n"
-        "def get_config(arg):\n"
-        "    config = paper.get_config(arg)\n"
-        f"    config.model.num_res_blocks = {blocks}\n"
-        "    return config\n"
-    )
-    return str(path)
+def full_channels(config_path: str, stage: str) -> int:
+    from t2v_jax import configlib
+
+    return int(configlib.load_config(f"{config_path}:{stage}").model.base_channels)
+
+
+def stage_widths(config_path: str, stage: str, widths: list[int]) -> list[int]:
+    """The base channels a stage compiles at: the fitted widths below its own, then its own
+    width where fewer than two are below it (a measured full-width point needs no law)."""
+    full = full_channels(config_path, stage)
+    below = [w for w in widths if w < full]
+    return below if len(below) >= 2 else [*below, full]
+
+
+def padding_factor(config_path: str, stage: str) -> float:
+    """The most any level's channels grow when padded to the TPU's 128-lane tiles (704 -> 768)."""
+    from t2v_jax import configlib
+
+    model = configlib.load_config(f"{config_path}:{stage}").model
+    levels = [model.base_channels * m for m in model.channel_mults]
+    return max(-(-c // 128) * 128 / c for c in levels)
 
 
 def _chip_count(name: str) -> int:
@@ -178,16 +196,6 @@ def state_bytes(config_path: str, stage: str, chip_counts: list[int]) -> dict[in
 # The width law.
 
 
-def width_ratio(config_path: str, stage: str, shrink: int, chips: int) -> float:
-    """w of a shrunk compile: its base channels over the paper's (aot_check's rounding)."""
-    from t2v_jax import configlib
-    from t2v_jax.perf import aot
-
-    config = configlib.load_config(f"{config_path}:{stage}")
-    shrunk = aot.shrink_config(config, shrink, chips)
-    return shrunk.model.base_channels / config.model.base_channels
-
-
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     """(lin, quad) with y = lin*w + quad*w^2 through two (w, y) points."""
     (w1, y1), (w2, y2) = points
@@ -195,23 +203,34 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return y1 / w1 - quad * w1, quad
 
 
-def extrapolate(reports: dict[float, dict], per_chip_batch: int, program: str) -> dict:
+def extrapolate(
+    reports: dict[float, dict], per_chip_batch: int, program: str, pad: float = 1.0
+) -> dict:
     """Full-width temp bytes, FLOPs and HBM bytes of `program` ("train" / "sampler") per chip.
 
-    `reports`: {w: aot_check report of the compile at width ratio w}.
+    `reports`: {w: aot_check report of the compile at width ratio w, one sample per chip}.
+    Two widths: the law, with its activation terms times `pad` where it extrapolates past the
+    widths compiled (they are multiples of 128 channels, unpadded; the full width may not be).
+    One width (w = 1, measured): every term times the batch, an upper bound ("bound": True).
     """
     pts = sorted(reports.items())
     cost = f"{program}_cost"
     get = lambda key, r: r[program]["temp_bytes"] if key == "temp" else r[cost][key]
-    out = {}
+    if len(pts) == 1:
+        ((w, r),) = pts
+        assert w == 1.0, "a single compile must be the stage's full width"
+        out = {key: per_chip_batch * get(key, r) for key in ("temp", "flops", "bytes_accessed")}
+        return {**out, "bound": per_chip_batch > 1}
+    grow = pad if pts[-1][0] < 1.0 else 1.0
+    out = {"bound": False}
     for key in ("temp", "flops", "bytes_accessed"):
         lin, quad = fit([(w, get(key, r)) for w, r in pts])
         if key == "temp":  # activations (lin) grow with the batch; gathered weights do not
-            out[key] = per_chip_batch * lin + quad
+            out[key] = per_chip_batch * lin * grow + quad
         elif key == "flops":  # every FLOP is per sample
             out[key] = per_chip_batch * (lin + quad)
         else:  # weights are read once a step, activations per sample
-            out[key] = per_chip_batch * lin + quad
+            out[key] = per_chip_batch * lin * grow + quad
         out[f"{key}_law"] = (lin, quad)
     return out
 
@@ -230,7 +249,9 @@ def main(argv=None) -> int:
     from t2v_jax.perf import chips
 
     stages = args.stages.split(",")
-    shrinks = [int(s) for s in args.shrinks.split(",")]
+    widths = [int(w) for w in args.widths.split(",")]
+    if len(widths) != 2 or any(w % 128 for w in widths) or widths[0] >= widths[1]:
+        raise SystemExit(f"--widths: two increasing multiples of 128 channels, got {args.widths}")
     small = {chips.parse_topology(s).chip.name: s for s in args.small.split(",")}
     slices = [chips.parse_topology(s) for s in args.slices.split(",")]
     cache_path = pathlib.Path(args.cache)
@@ -241,11 +262,11 @@ def main(argv=None) -> int:
         cache_path.write_text(json.dumps(cache, indent=1))
         return 0
 
-    def compiled(stage, kind, shrink):
-        key = f"{stage}|{small[kind]}|{shrink}|{None}"
+    def compiled(stage, kind, channels):
+        key = f"{stage}|{small[kind]}|c{channels}"
         if key not in cache:
             print(f"compiling {key}", file=sys.stderr, flush=True)
-            cache[key] = _compile(args.config, stage, small[kind], shrink, None)
+            cache[key] = _compile(args.config, stage, small[kind], channels)
             cache_path.write_text(json.dumps(cache, indent=1))
         return cache[key]
 
@@ -254,20 +275,20 @@ def main(argv=None) -> int:
     # The law check's stage and third width first (whether the law holds decides whether the
     # rest is worth compiling), then every stage on the first chip, then --cross on the others.
     if check:
-        for shrink in [*shrinks, int(check[1])]:
-            compiled(check[0], primary, shrink)
+        for channels in [*stage_widths(args.config, check[0], widths), int(check[1])]:
+            compiled(check[0], primary, channels)
     for kind in small:
         for stage in stages if kind == primary else [s for s in stages if s in cross]:
-            for shrink in shrinks:
-                compiled(stage, kind, shrink)
+            for channels in stage_widths(args.config, stage, widths):
+                compiled(stage, kind, channels)
     if args.compile_only:
         return 0
-    print(table(args, stages, shrinks, slices, small, compiled, check, cache, cross))
+    print(table(args, stages, widths, slices, small, compiled, check, cache, cross))
     cache_path.write_text(json.dumps(cache, indent=1))
     return 0
 
 
-def table(args, stages, shrinks, slices, small, compiled, check, cache, cross) -> str:
+def table(args, stages, widths, slices, small, compiled, check, cache, cross) -> str:
     from t2v_jax.perf import chips
 
     rows = [
@@ -278,26 +299,25 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache, cross) -
     primary = next(iter(small))
     law_kind = lambda stage, kind: kind if kind == primary or stage in cross else primary
     notes, host = [], []
+    pads = {stage: padding_factor(args.config, stage) for stage in stages}
 
-    def widths(stage, kind):
-        out = {width_ratio(args.config, stage, s, _chip_count(small[kind])): compiled(stage, kind, s)
-               for s in shrinks}  # fmt: skip
-        if len(out) < len(shrinks):
-            raise SystemExit(f"--shrinks: {args.shrinks} give {stage} the same width once rounded "
-                             f"to split over {small[kind]}'s chips; pick divisors further apart")  # fmt: skip
-        return out
+    def reports_of(stage, kind):  # {w: report}
+        full = full_channels(args.config, stage)
+        return {
+            c / full: compiled(stage, kind, c) for c in stage_widths(args.config, stage, widths)
+        }
 
     for stage in stages:
         for topo in slices:
             kind, n = topo.chip.name, topo.num_chips
             state = _cached_state(args.config, stage, slices, cache)[str(n)]
-            reports = widths(stage, law_kind(stage, kind))
+            reports = reports_of(stage, law_kind(stage, kind))
             law = small[law_kind(stage, kind)]
             train_batch = state["batch"]
             per_chip = max(1, train_batch // n)
             fixed = None
             while True:
-                train = extrapolate(reports, per_chip, "train")
+                train = extrapolate(reports, per_chip, "train", pads[stage])
                 total = state["params"] + state["ema"] + state["opt"] + train["temp"]
                 if total <= topo.chip.hbm_bytes or per_chip == 1:
                     break
@@ -305,10 +325,11 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache, cross) -
                 fixed = f"train.batch_size={per_chip * n}"
             roof = chips.roofline(train["flops"], train["bytes_accessed"], topo.chip)
             mesh = ",".join(map(str, state["mesh"]))
-            rows.append(_row(stage, topo, mesh, "train", f"{per_chip * n} ({per_chip})",
+            bound = " (upper bound: every term x batch)" if train["bound"] else ""
+            rows.append(_row(stage, topo, mesh, "train" + bound, f"{per_chip * n} ({per_chip})",
                              state["params"] + state["ema"] + state["opt"], train["temp"], total,
                              roof, fixed or ("" if total <= topo.chip.hbm_bytes else "does not fit"), law))  # fmt: skip
-            sample = extrapolate(reports, 1, "sampler")
+            sample = extrapolate(reports, 1, "sampler", pads[stage])
             resident = state["params_replicated"]
             fix = ""
             if resident + sample["temp"] > topo.chip.hbm_bytes:
@@ -317,27 +338,30 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache, cross) -
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
                              resident + sample["temp"], roof, fix, law))  # fmt: skip
         kinds = [k for k in small if k == primary or stage in cross]
-        for kind, s in ((kind, s) for kind in kinds for s in shrinks):
-            r = compiled(stage, kind, s)
-            host.append(f"| {stage} | {small[kind]} | /{s} | {r['compile_s'].get('train_step', 0):.0f} "
+        for kind, c in ((k, c) for k in kinds for c in stage_widths(args.config, stage, widths)):
+            r = compiled(stage, kind, c)
+            host.append(f"| {stage} | {small[kind]} | {c} | {r['compile_s'].get('train_step', 0):.0f} "
                         f"| {r['compile_s'].get('sampler', 0):.0f} | {r['host']['wall_s']:.0f} "
                         f"| {r['host']['peak_rss_gib']:.1f} |")  # fmt: skip
     if check:
-        stage, shrink = check[0], int(check[1])
+        stage, channels = check[0], int(check[1])
         for kind in [primary]:
-            measured = compiled(stage, kind, shrink)
-            law = extrapolate(widths(stage, kind), 1, "train")
-            w = width_ratio(args.config, stage, shrink, _chip_count(small[kind]))
+            measured = compiled(stage, kind, channels)
+            law = extrapolate(reports_of(stage, kind), 1, "train")
+            w = channels / full_channels(args.config, stage)
             for key, value in (("temp", measured["train"]["temp_bytes"]),
                                ("flops", measured["train_cost"]["flops"])):  # fmt: skip
                 guess = predict(law[f"{key}_law"], w)
-                notes.append(f"- {stage} train {key} at /{shrink} on {small[kind]}: law "
+                notes.append(f"- {stage} train {key} at {channels} channels on {small[kind]}: law "
                              f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
     for stage in (s for s in stages if s in cross):
-        ref = {p: extrapolate(widths(stage, primary), 1, p) for p in ("train", "sampler")}
+        ref = {
+            p: extrapolate(reports_of(stage, primary), 1, p, pads[stage])
+            for p in ("train", "sampler")
+        }
         for kind in (k for k in small if k != primary):
             for program in ("train", "sampler"):
-                other = extrapolate(widths(stage, kind), 1, program)
+                other = extrapolate(reports_of(stage, kind), 1, program, pads[stage])
                 notes.append(
                     f"- {stage} {program}, full width, 1 sample per chip: temp {small[kind]} "
                     f"{other['temp'] / GiB:.3g} GiB vs {small[primary]} "
@@ -351,8 +375,8 @@ def table(args, stages, shrinks, slices, small, compiled, check, cache, cross) -
         if notes
         else ""
     )
-    out += ("\n\nShrunk compiles (s: TPU compile; wall and peak RSS of the whole process):\n"
-            "| stage | slice | width | train compile s | sampler compile s | wall s | peak RSS GiB |\n"
+    out += ("\n\nCompiles (s: TPU compile; wall and peak RSS of the whole process):\n"
+            "| stage | slice | base channels | train compile s | sampler compile s | wall s | peak RSS GiB |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(host))  # fmt: skip
     return out
 
