@@ -172,3 +172,45 @@ def test_export_pipeline_from_stage_checkpoints(tmp_path):
         export.export(config_file, ["base", "tsr"], [runs / "base", tmp_path / "other" / "tsr"],
                       tmp_path / "refused")  # fmt: skip
     assert not (tmp_path / "refused").exists()
+
+
+def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
+    """`--stage-from`: a cascade whose stages trained in different sessions. The TSR stage comes
+    from a saved pipeline (there is no TSR workdir in the second root), the base from its
+    checkpoint; a saved stage under another config, or a stage the pipeline lacks, is refused
+    before anything is written."""
+    from t2v_jax.pipeline_format import flatten_params
+    from t2v_jax.pipeline_store import load_pipeline
+
+    export = _tool("export_pipeline")
+    config_file = _tiny_with_data(tmp_path)
+    runs = tmp_path / "runs"
+    _save_stage(load_config(f"{config_file}:base"), runs / "base")
+    text_dir = runs / "base" / "text_encoder"
+    export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
+    _save_stage(load_config(f"{config_file}:tsr", {"text.path": str(text_dir)}), runs / "tsr")
+    first = export.export(config_file, ["base", "tsr"], [runs / "base", runs / "tsr"],
+                          tmp_path / "first")  # fmt: skip
+
+    later = tmp_path / "later"  # a new session's root: the base's checkpoint only
+    later.mkdir()
+    (later / "base").symlink_to(runs / "base", target_is_directory=True)
+    path = export.main(["--config", config_file, "--workdir", str(later), "--stages", "base", "tsr",
+                        "--stage-from", f"tsr={first}", "--out", str(tmp_path / "joined")])  # fmt: skip
+    joined, reference = load_pipeline(path), load_pipeline(first)
+    for got, want in zip(joined.stages, reference.stages, strict=True):
+        assert got.config == want.config and got.model == want.model
+        got_p, want_p = flatten_params(got.params), flatten_params(want.params)
+        assert sorted(got_p) == sorted(want_p)
+        for name, value in want_p.items():
+            np.testing.assert_array_equal(np.asarray(got_p[name]), np.asarray(value), err_msg=name)
+
+    with pytest.raises(ValueError, match="has another stage config"):
+        export.export(config_file, ["base", "tsr"], [later / "base", later / "tsr"],
+                      tmp_path / "refused", overrides={"sampling.num_steps": 3},
+                      stage_from={"tsr": first})  # fmt: skip
+    base_only = export.export(config_file, ["base"], [runs / "base"], tmp_path / "base_only")
+    with pytest.raises(ValueError, match="has no stage 'tsr'"):
+        export.export(config_file, ["base", "tsr"], [later / "base", later / "tsr"],
+                      tmp_path / "refused", stage_from={"tsr": base_only})  # fmt: skip
+    assert not (tmp_path / "refused").exists()

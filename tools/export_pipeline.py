@@ -6,12 +6,20 @@
   # after the base stage only: its jointly trained T5, for the SR stages' --config.text.path
   python tools/export_pipeline.py --config configs/shapes.py --workdir ROOT --stages base \
       --text-encoder-only --out ROOT/base/text_encoder
+  # stages trained in different sessions: the SR stages exported earlier, the base from ROOT
+  python tools/export_pipeline.py --config configs/shapes.py --workdir ROOT \
+      --stages base tsr ssr ssr2 --stage-from tsr,ssr,ssr2=SR_PIPELINE --out OUT
 
 Each stage's newest checkpoint is read (read-only, its fingerprints checked) and its EMA params
 are used. The text encoder is the first stage's: its EMA T5 when `train.train_text_encoder`,
 else its frozen T5. Every later stage must have been trained on exactly that encoder (its frozen
 T5 is compared bit for bit), otherwise the export refuses; a stage whose U-Net reads no text
 (`UNetConfig.uses_text` is False, like the demo's SR stages) may have trained on any encoder.
+
+`--stage-from STAGES=PIPELINE` takes those stages from a saved pipeline instead of a workdir
+(a cascade whose stages trained in different sessions: each session exports what it finished).
+The saved stage must be the one the config describes (stage and model config equal) and, if it
+reads text, come with the same text encoder; its params are used as saved.
 """
 
 from __future__ import annotations
@@ -103,6 +111,31 @@ def _text_encoder(config: Any, params: Any):
     return TextEncoder(t5, params, ByteTokenizer(), max_length)
 
 
+def _saved_stage(config: Any, model_cfg: Any, name: str, folder: str | pathlib.Path):
+    """(stage `name` of the saved pipeline `folder`, that pipeline's text encoder), checked
+    against the config: a stage trained under another config is refused, not mixed in."""
+    from t2v_jax.pipeline_store import load_pipeline
+
+    pipeline = load_pipeline(folder)
+    found = [s for s in pipeline.stages if s.config.name == name]
+    if not found:
+        names = [s.config.name for s in pipeline.stages]
+        raise ValueError(f"stage_from: {str(folder)!r} has no stage {name!r} (it has {names})")
+    (stage,) = found
+    expected = sampling_stage_config(config)
+    for what, saved, wanted in (
+        ("stage", stage.config, expected),
+        ("model", stage.model, model_cfg),
+    ):
+        if saved != wanted:
+            raise ValueError(
+                f"stage_from: stage {name!r} of {str(folder)!r} has another {what} config than "
+                f"the config file describes:\n  saved: {saved}\n  config: {wanted}"
+            )
+    print(f"{name}: from the saved pipeline {folder}")
+    return stage, pipeline.text_encoder
+
+
 def _same_tree(a: Any, b: Any) -> bool:
     if jax.tree.structure(a) != jax.tree.structure(b):
         return False
@@ -121,6 +154,7 @@ def export(
     overwrite: bool = False,
     text_encoder_only: bool = False,
     overrides: dict[str, Any] | None = None,
+    stage_from: dict[str, str | pathlib.Path] | None = None,
 ) -> pathlib.Path:
     """Writes the pipeline of `stages` (or only the first stage's text encoder) to `out`.
 
@@ -133,6 +167,8 @@ def export(
       overwrite: replace an existing `out`.
       text_encoder_only: write only the first stage's T5 (for the SR stages' text.path).
       overrides: dotted config field -> value, applied to every stage's config.
+      stage_from: stage name -> a saved pipeline folder to take that stage (and, for the first
+        stage, the text encoder) from instead of its workdir.
     """
     from t2v_jax import cascade
     from t2v_jax.configlib import from_config, load_config
@@ -140,18 +176,37 @@ def export(
 
     if len(stages) != len(workdirs) or not stages:
         raise ValueError(f"stages {list(stages)} and workdirs {list(workdirs)}: need one each")
+    stage_from = dict(stage_from or {})
+    if unknown := sorted(set(stage_from) - set(stages)):
+        raise ValueError(f"stage_from: {unknown} are not among the stages {list(stages)}")
     out = pathlib.Path(out)
+    if out.exists() and not overwrite:  # before minutes of restores
+        raise ValueError(f"out: {str(out)!r} exists; pass --overwrite to replace it")
     encoder, built = None, []
     for name, workdir in zip(stages, workdirs, strict=True):
         config = load_config(f"{config_file}:{name}", overrides)
+        model_cfg = from_config(UNetConfig, config.model, f"{name}.model")
+        if name in stage_from:
+            stage, stage_encoder = _saved_stage(config, model_cfg, name, stage_from[name])
+            if encoder is None:
+                encoder = stage_encoder
+                if text_encoder_only:
+                    encoder.save(out)
+                    return out
+            elif model_cfg.uses_text and not _same_tree(
+                jax.device_get(stage_encoder.params), jax.device_get(encoder.params)
+            ):
+                raise ValueError(
+                    f"stage {name} ({stage_from[name]}) comes with another text encoder than "
+                    "the first stage's"
+                )
+            built.append(stage)
+            continue
         step, ema, frozen = restore_ema(config, workdir)
         print(f"{name}: step {step} of {workdir}")
-        model_cfg = from_config(UNetConfig, config.model, f"{name}.model")
         if encoder is None:
             encoder = _text_encoder(config, _text_params(config, ema, frozen))
             if text_encoder_only:
-                if out.exists() and not overwrite:
-                    raise ValueError(f"out: {str(out)!r} exists; pass --overwrite to replace it")
                 encoder.save(out)
                 return out
         elif model_cfg.uses_text and not _same_tree(
@@ -178,6 +233,13 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _parse_stage_from(text: str) -> tuple[list[str], str]:
+    names, sep, folder = text.partition("=")
+    if not sep or not names or not folder:
+        raise argparse.ArgumentTypeError(f"--stage-from {text!r}: expected STAGES=PIPELINE")
+    return names.split(","), folder
+
+
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -188,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     p.add_argument("--params-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--text-encoder-only", action="store_true")
+    p.add_argument("--stage-from", type=_parse_stage_from, action="append", default=[],
+                   help="STAGES=PIPELINE: take these comma-separated stages from a saved pipeline")  # fmt: skip
     p.add_argument("--set", type=_parse_override, action="append", default=[],
                    help="config override FIELD=VALUE for every stage, e.g. data.data_dir=/x")  # fmt: skip
     args = p.parse_args(argv)
@@ -196,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
         args.config, args.stages, [root / s for s in args.stages], args.out,
         params_dtype=args.params_dtype, overwrite=args.overwrite,
         text_encoder_only=args.text_encoder_only, overrides=dict(args.set) or None,
+        stage_from={name: folder for names, folder in args.stage_from for name in names},
     )  # fmt: skip
     print(f"wrote {path}")
     return path
