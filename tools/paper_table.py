@@ -29,11 +29,13 @@ that setting (the knobs: train.batch_size, model.remat, the mesh's fsdp); a samp
 replicated params do not fit is shown with Pipeline(param_sharding="sharded").
 
   python tools/paper_table.py --slices v5p-128,v5e-256 --widths 128,256 --check base:384 \
-      --cache /tmp/paper_table.json > table.md
+      > table.md
 
 Each compile runs `tools/aot_check.py --topology` in a subprocess (one at a time), timed and
-with its peak host memory, and is cached in --cache by (stage, chip, channels), so a rerun only
-compiles what is missing. Needs libtpu (the tpu extra).
+with its peak host memory and the commit it compiled, and is cached in --cache by (stage, chip,
+channels), so a rerun only compiles what is missing. The default cache,
+docs/tpu_paper_table_compiles.json, is committed: the compiles take longer than a session of this
+2-core machine, so each session adds what it compiled. Needs libtpu (the tpu extra).
 """
 
 from __future__ import annotations
@@ -69,7 +71,11 @@ def _args(argv):
     parser.add_argument(
         "--cross", default="base", help="stages also compiled for the other --small chips"
     )
-    parser.add_argument("--cache", default="paper_table_cache.json")
+    parser.add_argument(
+        "--cache",
+        default=str(ROOT / "docs/tpu_paper_table_compiles.json"),
+        help="the compiles made so far (committed: one compile takes a quarter of an hour or more)",
+    )
     parser.add_argument("--compile-only", action="store_true", help="fill the cache, no table")
     parser.add_argument(
         "--state-only",
@@ -107,8 +113,15 @@ def _compile(config: str, stage: str, small: str, channels: int) -> dict:
     report["host"] = {
         "wall_s": round(wall, 1),
         "peak_rss_gib": int(rss[1]) / 2**20 if rss else None,
+        "commit": _git_head(),  # which code the figures are of
     }
     return report
+
+
+def _git_head() -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    return proc.stdout.strip() or None
 
 
 def full_channels(config_path: str, stage: str) -> int:
