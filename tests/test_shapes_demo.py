@@ -214,3 +214,50 @@ def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
         export.export(config_file, ["base", "tsr"], [later / "base", later / "tsr"],
                       tmp_path / "refused", stage_from={"tsr": base_only})  # fmt: skip
     assert not (tmp_path / "refused").exists()
+
+
+def test_warm_start_from_a_saved_pipeline(tmp_path):
+    """train.init_from=PIPELINE: a stage of a saved pipeline (its params as shipped, bf16) starts
+    a new run's params and EMA params, the pipeline's T5 its frozen text encoder; a pipeline
+    without this config's stage is refused naming the field."""
+    from t2v_jax import configlib
+    from t2v_jax.pipeline_format import flatten_params
+    from t2v_jax.pipeline_store import load_pipeline
+    from t2v_jax.train import checkpoint as ckpt_lib
+    from t2v_jax.train import loop
+    from t2v_jax.train import state as state_lib
+    from t2v_jax.train import task as task_lib
+
+    export = _tool("export_pipeline")
+    config_file = _tiny_with_data(tmp_path)
+    runs = tmp_path / "runs"
+    _save_stage(load_config(f"{config_file}:base"), runs / "base")
+    text_dir = runs / "base" / "text_encoder"
+    export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
+    tsr_config = load_config(f"{config_file}:tsr", {"text.path": str(text_dir)})
+    _save_stage(tsr_config, runs / "tsr")
+    saved = load_pipeline(export.export(config_file, ["base", "tsr"], [runs / "base", runs / "tsr"],
+                                        tmp_path / "pipeline"))  # fmt: skip
+
+    # A fresh TSR state (another seed: nothing equal by chance), as the trainer makes it.
+    task = task_lib.diffusion_task(tsr_config)
+    optimizer, _ = state_lib.make_optimizer(
+        configlib.from_config(state_lib.TrainConfig, tsr_config.train, "train")
+    )
+    mesh, rules = loop._mesh_and_rules(tsr_config, jax.devices()[:1])
+    init = state_lib.make_init_fn(task.init_params, optimizer)
+    fresh, _ = state_lib.create_train_state(init, 7, mesh, rules)
+    ckpt_cfg = ckpt_lib.CheckpointConfig(async_save=False)
+    warm = jax.device_get(loop._warm_start(fresh, str(tmp_path / "pipeline"), ckpt_cfg, "tsr"))
+    shipped = flatten_params(saved.stages[1].params)
+    for tree in (warm.params["unet"], warm.ema_params["unet"]):
+        got = flatten_params(tree)
+        assert sorted(got) == sorted(shipped)
+        for name, value in shipped.items():
+            np.testing.assert_array_equal(got[name], np.asarray(value, np.float32), err_msg=name)
+    for a, b in zip(jax.tree.leaves(warm.frozen["text"]),
+                    jax.tree.leaves(saved.text_encoder.params), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(warm.step) == 0
+    with pytest.raises(ValueError, match=r"train.init_from=.*has no stage 'ssr'"):
+        loop._warm_start(fresh, str(tmp_path / "pipeline"), ckpt_cfg, "ssr")

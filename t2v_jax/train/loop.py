@@ -313,7 +313,8 @@ def train(
     else:
         state, _ = state_lib.create_train_state(init, config.get("seed", 0), mesh, rules)
         if train_cfg.init_from:
-            state = _warm_start(state, train_cfg.init_from, ckpt_cfg)
+            stage_name = config.stage.get("name") if "stage" in config else None
+            state = _warm_start(state, train_cfg.init_from, ckpt_cfg, stage_name)
         elif task.warm_start is not None:
             state = task.warm_start(state)
         else:
@@ -401,17 +402,27 @@ _WARM_FIELDS = ("params", "ema_params", "frozen")
 
 
 def _warm_start(
-    state: state_lib.TrainState, init_from: str, ckpt_cfg: ckpt_lib.CheckpointConfig
+    state: state_lib.TrainState,
+    init_from: str,
+    ckpt_cfg: ckpt_lib.CheckpointConfig,
+    stage_name: str | None = None,
 ) -> state_lib.TrainState:
-    """`state` with params, EMA params and frozen params from `init_from`'s newest checkpoint.
+    """`state` with params, EMA params and frozen params from `init_from`'s newest checkpoint,
+    or from the stage named `stage_name` of a pipeline saved there (`Pipeline.save`: its params
+    start both the params and the EMA params, its text encoder the T5).
 
     Matched by parameter path: every saved parameter must exist in `state` with the same shape
     (nothing trained is silently dropped); parameters the saved run did not have (new blocks)
     keep their fresh initialisation and are listed in the log.
     """
+    if (paths.as_path(init_from) / "pipeline.json").exists():
+        saved = _pipeline_subtrees(state, init_from, stage_name)
+        return _merge_warm(state, saved, init_from, f"the pipeline {init_from}", None)
     directory = paths.as_path(init_from) / "checkpoints"
     if not directory.is_dir():
-        raise ValueError(f"train.init_from={init_from!r}: no checkpoints/ directory there")
+        raise ValueError(
+            f"train.init_from={init_from!r}: no checkpoints/ directory (and no saved pipeline) there"
+        )
     source = ckpt_lib.Checkpointer(directory, ckpt_cfg, read_only=True)
     fields = tuple(f.name for f in dataclasses.fields(state_lib.TrainState))
     try:
@@ -424,14 +435,40 @@ def _warm_start(
             f"(newest failure: {source.last_error})"
         )
     step, saved = found
+    return _merge_warm(state, saved, init_from, str(directory), step)
+
+
+def _merge_warm(state, saved, init_from: str, source: str, step: int | None):
     merged, fresh = {}, set()
     for name in _WARM_FIELDS:
         merged[name], new = _merge_by_path(getattr(state, name), saved[name], init_from, name)
         fresh.update(new)
-    log.info("warm start: %s from %s at step %d; step, optimizer and data start fresh%s",
-             ", ".join(_WARM_FIELDS), directory, step,
+    log.info("warm start: %s from %s%s; step, optimizer and data start fresh%s",
+             ", ".join(_WARM_FIELDS), source, "" if step is None else f" at step {step}",
              f"; {len(fresh)} new parameters keep their init: {sorted(fresh)}" if fresh else "")  # fmt: skip
     return state.replace(**merged)
+
+
+def _pipeline_subtrees(state, init_from: str, stage_name: str | None) -> dict[str, Any]:
+    """{params, ema_params, frozen} subtrees from stage `stage_name` of a saved pipeline: its
+    (shipped, EMA) U-Net params wherever `state` holds "unet", its text encoder wherever "text"."""
+    from t2v_jax.pipeline_store import load_pipeline  # the saved-pipeline format
+
+    pipeline = load_pipeline(init_from)
+    names = [s.config.name for s in pipeline.stages]
+    if stage_name not in names:
+        raise ValueError(
+            f"train.init_from={init_from!r}: the pipeline there has no stage {stage_name!r} "
+            f"(this config's stage.name; it has {names})"
+        )
+    weights = {
+        "unet": pipeline.stages[names.index(stage_name)].params,
+        "text": pipeline.text_encoder.params,
+    }
+    return {
+        name: {key: weights[key] for key in getattr(state, name) if key in weights}
+        for name in _WARM_FIELDS
+    }
 
 
 def _merge_by_path(target: Any, saved: Any, init_from: str, name: str) -> tuple[Any, set[str]]:
