@@ -174,6 +174,20 @@ def test_export_pipeline_from_stage_checkpoints(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+def _base_and_tsr_runs(tmp_path):
+    """(export tool, config file, runs root, TSR config): saved base and TSR stage checkpoints,
+    the TSR trained on the base's exported T5, as tools/train_demo.sh's runs are laid out."""
+    export = _tool("export_pipeline")
+    config_file = _tiny_with_data(tmp_path)
+    runs = tmp_path / "runs"
+    _save_stage(load_config(f"{config_file}:base"), runs / "base")
+    text_dir = runs / "base" / "text_encoder"
+    export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
+    tsr_config = load_config(f"{config_file}:tsr", {"text.path": str(text_dir)})
+    _save_stage(tsr_config, runs / "tsr")
+    return export, config_file, runs, tsr_config
+
+
 def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
     """`--stage-from`: a cascade whose stages trained in different sessions. The TSR stage comes
     from a saved pipeline (there is no TSR workdir in the second root), the base from its
@@ -182,13 +196,7 @@ def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
     from t2v_jax.pipeline_format import flatten_params
     from t2v_jax.pipeline_store import load_pipeline
 
-    export = _tool("export_pipeline")
-    config_file = _tiny_with_data(tmp_path)
-    runs = tmp_path / "runs"
-    _save_stage(load_config(f"{config_file}:base"), runs / "base")
-    text_dir = runs / "base" / "text_encoder"
-    export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
-    _save_stage(load_config(f"{config_file}:tsr", {"text.path": str(text_dir)}), runs / "tsr")
+    export, config_file, runs, _ = _base_and_tsr_runs(tmp_path)
     first = export.export(config_file, ["base", "tsr"], [runs / "base", runs / "tsr"],
                           tmp_path / "first")  # fmt: skip
 
@@ -228,14 +236,7 @@ def test_warm_start_from_a_saved_pipeline(tmp_path):
     from t2v_jax.train import state as state_lib
     from t2v_jax.train import task as task_lib
 
-    export = _tool("export_pipeline")
-    config_file = _tiny_with_data(tmp_path)
-    runs = tmp_path / "runs"
-    _save_stage(load_config(f"{config_file}:base"), runs / "base")
-    text_dir = runs / "base" / "text_encoder"
-    export.export(config_file, ["base"], [runs / "base"], text_dir, text_encoder_only=True)
-    tsr_config = load_config(f"{config_file}:tsr", {"text.path": str(text_dir)})
-    _save_stage(tsr_config, runs / "tsr")
+    export, config_file, runs, tsr_config = _base_and_tsr_runs(tmp_path)
     saved = load_pipeline(export.export(config_file, ["base", "tsr"], [runs / "base", runs / "tsr"],
                                         tmp_path / "pipeline"))  # fmt: skip
 
