@@ -274,3 +274,26 @@ def test_sr_stage_trained_on_crops_lowers_for_its_crops():
     mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
     _, _, batch = aot.lower_train_step(config, mesh, sharding.DEFAULT_RULES, 2)  # raised before
     assert batch["video"].shape == (2, 8, 8, 8, 3)
+
+
+def test_paper_table_merges_separately_compiled_train_and_sampler_reports():
+    """paper_table compiles the train step and the sampler in separate processes (one alone can
+    need ~20 GB of host memory); merging the two one-program reports gives the train and sampler
+    figures of a report that compiled both."""
+    table = _paper_table()
+    config = configlib.load_config(str(ROOT / "configs/tiny.py:tsr"))
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), jax.devices()[:1])
+
+    def report(**programs):
+        out = aot.preflight(config, mesh, batch_size=2, sample_batch_size=1, **programs).to_json()
+        return {**out, "host": {"wall_s": 1.0, "peak_rss_gib": 2.0, "commit": "abc"}}
+
+    both = report()
+    train, sampler = report(sampler=False), report(train=False)
+    assert not train["sampler"] and not sampler["train"]  # each compiled only its program
+    sampler["host"]["peak_rss_gib"] = 3.0
+    merged = table.merge_programs(train, sampler)
+    for key in ("train", "sampler", "sampler_param_sharding", "num_params", "optimizer_bytes"):
+        assert merged[key] == both[key], key
+    assert sorted(merged["compile_s"]) == sorted(both["compile_s"])
+    assert merged["host"] == {"wall_s": 2.0, "peak_rss_gib": 3.0, "commit": "abc"}

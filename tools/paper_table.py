@@ -31,9 +31,10 @@ replicated params do not fit is shown with Pipeline(param_sharding="sharded").
   python tools/paper_table.py --slices v5p-128,v5e-256 --widths 128,256 --check base:384 \
       > table.md
 
-Each compile runs `tools/aot_check.py --topology` in a subprocess (one at a time), timed and
+Each compile runs `tools/aot_check.py --topology` in a subprocess (one at a time; the train step
+and the sampler in separate ones, since one alone can need ~20 GB of host memory), timed and
 with its peak host memory and the commit it compiled, and is cached in --cache by (stage, chip,
-channels), so a rerun only compiles what is missing. The default cache,
+channels, program), so a rerun only compiles what is missing. The default cache,
 docs/tpu_paper_table_compiles.json, is committed: the compiles take longer than a session of this
 2-core machine, so each session adds what it compiled. Needs libtpu (the tpu extra).
 """
@@ -89,33 +90,54 @@ def _args(argv):
 # Shrunk compiles (subprocesses: the TPU compile is the expensive part, and its memory is freed).
 
 
-def _compile(config: str, stage: str, small: str, channels: int) -> dict:
-    """aot_check.py's JSON report of one stage at `channels` base channels (the stage's own
-    width: unchanged), one sample per chip on `small`, plus wall time and peak host RSS."""
-    out = pathlib.Path(f"/tmp/paper_table_{stage}_{small.replace(':', '_')}_c{channels}.json")
+PROGRAMS = ("train", "sampler")  # compiled in separate processes: one alone needs up to ~20 GB
+
+
+def _compile(config: str, stage: str, small: str, channels: int, program: str) -> dict:
+    """aot_check.py's JSON report of one program ("train": the train step, "sampler": the
+    sampling programs) of one stage at `channels` base channels (the stage's own width:
+    unchanged), one sample per chip on `small`, plus wall time, peak host RSS and commit."""
+    out = pathlib.Path(
+        f"/tmp/paper_table_{stage}_{small.replace(':', '_')}_c{channels}_{program}.json"
+    )
+    out.unlink(missing_ok=True)
     chips = _chip_count(small)
     cmd = ["/usr/bin/time", "-v", sys.executable, str(ROOT / "tools/aot_check.py"),
            "--topology", small, "--config", config, "--stages", stage, "--batch", str(chips),
-           "--sample-batch", str(chips), "--sampler-params", "sharded", "--json", str(out)]  # fmt: skip
+           "--sample-batch", str(chips), "--sampler-params", "sharded", "--json", str(out),
+           "--no-sampler" if program == "train" else "--no-train"]  # fmt: skip
     if channels != full_channels(config, stage):
         cmd += ["--set", f"model.base_channels={channels}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    if not out.exists():
+    peak = int(rss[1]) / 2**20 if rss else None
+    if not out.exists():  # e.g. killed by the OOM killer: "signal 9", and how far RSS got
         raise RuntimeError(
-            f"{stage} at {channels} channels on {small} failed:\n{proc.stdout[-3000:]}"
+            f"{stage} {program} at {channels} channels on {small} failed (exit {proc.returncode}, "
+            f"peak RSS {peak} GiB):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         )
     (report,) = json.loads(out.read_text())
     if "error" in report:  # not cached: a fixed config or tool compiles it on the next run
         raise RuntimeError(f"{stage} at {channels} channels on {small}: {report['error']}")
-    report["host"] = {
-        "wall_s": round(wall, 1),
-        "peak_rss_gib": int(rss[1]) / 2**20 if rss else None,
-        "commit": _git_head(),  # which code the figures are of
-    }
+    report["host"] = {"wall_s": round(wall, 1), "peak_rss_gib": peak, "commit": _git_head()}
     return report
+
+
+def merge_programs(train: dict, sampler: dict) -> dict:
+    """One report from the train-only and the sampler-only reports of a stage: the sampler's
+    fields (sampler*, text*) from the second, compile times of both, host wall summed and the
+    peak the larger (the two processes ran one after the other)."""
+    merged = {**train, **{k: v for k, v in sampler.items() if k.startswith(("sampler", "text"))}}
+    merged["compile_s"] = {**train["compile_s"], **sampler["compile_s"]}
+    peaks = [r["host"]["peak_rss_gib"] for r in (train, sampler)]
+    merged["host"] = {
+        "wall_s": train["host"]["wall_s"] + sampler["host"]["wall_s"],
+        "peak_rss_gib": None if None in peaks else max(peaks),
+        "commit": train["host"]["commit"],
+    }
+    return merged
 
 
 def _git_head() -> str | None:
@@ -276,12 +298,15 @@ def main(argv=None) -> int:
         return 0
 
     def compiled(stage, kind, channels):
-        key = f"{stage}|{small[kind]}|c{channels}"
-        if key not in cache:
-            print(f"compiling {key}", file=sys.stderr, flush=True)
-            cache[key] = _compile(args.config, stage, small[kind], channels)
-            cache_path.write_text(json.dumps(cache, indent=1))
-        return cache[key]
+        parts = []
+        for program in PROGRAMS:  # each cached as soon as it compiled
+            key = f"{stage}|{small[kind]}|c{channels}|{program}"
+            if key not in cache:
+                print(f"compiling {key}", file=sys.stderr, flush=True)
+                cache[key] = _compile(args.config, stage, small[kind], channels, program)
+                cache_path.write_text(json.dumps(cache, indent=1))
+            parts.append(cache[key])
+        return merge_programs(*parts)
 
     primary = next(iter(small))
     cross = [s for s in args.cross.split(",") if s] if args.cross else []
