@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2v_jax import compile_cache, pipeline_format, pipeline_sharding, sharding, video_in
+from t2v_jax.diffusion import consistency, reconstruction, samplers, schedules
 from t2v_jax.diffusion import guidance as guidance_lib
-from t2v_jax.diffusion import reconstruction, samplers, schedules
 from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
@@ -220,6 +220,9 @@ class Pipeline:
                 guidance_input=weight_input,
                 known=known,
                 known_method=known_method or "reconstruction",
+                project_x0=None
+                if cfg.data_consistency == "none"
+                else lambda x0: consistency.project(x0, low),
             )
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)

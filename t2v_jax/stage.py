@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from t2v_jax.diffusion import schedules
+from t2v_jax.diffusion import consistency, schedules
 from t2v_jax.models.config import UNetConfig
 
 
@@ -34,6 +34,9 @@ class StageConfig:
       dynamic_percentile: the quantile of |x0| used by dynamic thresholding.
       cond_noise_t: time t in [0, 1] of the noise added to the upsampled conditioning video at
         sampling (noise conditioning augmentation; 0 = clean).
+      data_consistency: "bicubic" projects every step's x0 estimate onto the videos whose
+        Pillow-bicubic shrink is the input (`t2v_jax.diffusion.consistency`; spatial SR stages
+        whose input was made that way, e.g. real footage); "none" (default) leaves it.
       spatial_upsample, temporal_upsample: how the stage below is brought to this stage's size
         (must match what the stage was trained with).
       schedule: the log-SNR schedule, shared by sampling and the conditioning augmentation.
@@ -57,6 +60,7 @@ class StageConfig:
     thresholding: Literal["none", "static", "dynamic"] = "dynamic"
     dynamic_percentile: float = 0.995
     cond_noise_t: float = 0.0
+    data_consistency: Literal["none", "bicubic"] = "none"
     spatial_upsample: Literal["bilinear", "nearest"] = "bilinear"
     temporal_upsample: Literal["repeat", "interpolate"] = "repeat"
     schedule: schedules.ScheduleConfig = dataclasses.field(default_factory=schedules.ScheduleConfig)
@@ -73,6 +77,15 @@ class StageConfig:
             )
         if not 0.0 <= self.cond_noise_t <= 1.0:
             raise ValueError(f"stage {self.name}: cond_noise_t must be in [0, 1]")
+        consistency.check_mode(self.data_consistency, f"stage {self.name}: data_consistency")
+        if self.data_consistency != "none" and (
+            self.kind != "ssr" or self.frames != self.low_frames
+        ):
+            raise ValueError(
+                f"stage {self.name}: data_consistency={self.data_consistency!r} needs a spatial "
+                f"SR stage (kind 'ssr', frames == low_frames), got kind {self.kind!r} with "
+                f"{self.low_frames} -> {self.frames} frames"
+            )
 
     @property
     def upsample_kind(self) -> str:

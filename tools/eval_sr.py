@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-steps", type=int, default=None)
     p.add_argument("--prompt", default=None, help="text, if the stage reads it")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a StageConfig field of the judged stage for this run, e.g. "
+                   "data_consistency=bicubic or sampler=ddpm (repeatable)")  # fmt: skip
     p.add_argument("--json", type=pathlib.Path, default=None)
     return p
 
@@ -68,6 +71,24 @@ def shapes_clips(count: int, frames: int, height: int, width: int) -> list[np.nd
     return clips
 
 
+def override_stage(stage, settings: Sequence[str]):
+    """`stage` with its config's fields set from FIELD=VALUE strings (--stage-set)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(stage.config)}
+    changes = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--stage-set: {item!r} is not FIELD=VALUE with FIELD of StageConfig")
+        old = getattr(stage.config, name)
+        changes[name] = value if isinstance(old, str) else type(old)(value)
+    try:
+        return dataclasses.replace(stage, config=dataclasses.replace(stage.config, **changes))
+    except ValueError as e:
+        raise SystemExit(f"--stage-set: {e}") from None
+
+
 def windows(clip: np.ndarray, count: int, frames: int, height: int, width: int) -> list[np.ndarray]:
     """`count` windows of `frames` consecutive frames, spread evenly, fitted to height x width."""
     from t2v_jax.video_in import fit_clip
@@ -98,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if args.stage is None
         else check_start_stage(int(args.stage) if args.stage.isdigit() else args.stage, names)
     )
+    pipe.stages[index] = override_stage(pipe.stages[index], args.stage_set)
     cfg = pipe.stages[index].config
     factor = cfg.height // cfg.low_height
     if cfg.kind != "ssr" or index != len(names) - 1 or factor * cfg.low_height != cfg.height:
@@ -122,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
 
     result = sr_eval.evaluate(upsample, truths, factor, args.num_samples)
-    result.update(pipeline=str(args.pipeline), stage=cfg.name, factor=factor, clips=args.clips)
+    result.update(pipeline=str(args.pipeline), stage=cfg.name, factor=factor, clips=args.clips,
+                  stage_set=args.stage_set)  # fmt: skip
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

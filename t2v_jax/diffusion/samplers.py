@@ -9,7 +9,7 @@ change with the batch size or the number of devices the batch is sharded over.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -202,6 +202,7 @@ def sample_steps(
     guidance_input: bool = False,
     known: reconstruction.KnownFrames | None = None,
     known_method: reconstruction.Method = "reconstruction",
+    project_x0: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array] | tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
     """Runs steps start, ..., start + length - 1 of a `num_steps`-step run as one `lax.scan`.
 
@@ -221,6 +222,8 @@ def sample_steps(
         each model evaluation their part of x is replaced by a forward-noised copy of them.
       known_method: "reconstruction" (also correct the prediction of the other frames by
         reconstruction guidance, Ho et al. 2022 eq. 7) or "replacement" (replacement only).
+      project_x0: maps every step's x0 estimate (after thresholding) to the one the step uses,
+        e.g. `consistency.project` onto the SR input; eps is recomputed from it.
       The other arguments are those of `sample`.
 
     Returns:
@@ -270,6 +273,9 @@ def sample_steps(
                     x0, eps = threshold_pair(x, x0, lam, thresholding, dynamic_percentile)
             else:
                 x0, eps = predict_at(x)
+        if project_x0 is not None:
+            x0 = project_x0(x0)
+            eps = schedules.eps_from_x(x, x0, jnp.full((x.shape[0],), lam, jnp.float32))
         noise = None
         if uses_noise:
             noise = per_sample_normal(
@@ -312,6 +318,7 @@ def sample(
     guidance_input: bool = False,
     known: reconstruction.KnownFrames | None = None,
     known_method: reconstruction.Method = "reconstruction",
+    project_x0: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Draws samples with one `lax.scan` over `num_steps` denoising steps.
 
@@ -342,6 +349,7 @@ def sample(
       guidance_input: model_fn takes the guidance weight as `cond['guidance_weight']` [B] (a
         guidance-distilled model): one call per step, see `guided_model_fn(weight_input=...)`.
       known, known_method: given frames to stay consistent with (see `sample_steps`).
+      project_x0: a map applied to every step's x0 estimate (see `sample_steps`).
 
     Returns:
       x0 [B, ...], or (x0, intermediates) when return_intermediates.
@@ -370,6 +378,7 @@ def sample(
         guidance_input=guidance_input,
         known=known,
         known_method=known_method,
+        project_x0=project_x0,
     )
     if return_intermediates:
         (x, _), traj = out
