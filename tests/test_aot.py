@@ -220,6 +220,26 @@ def test_paper_table_width_law_recovers_a_known_law():
     assert full["flops"] == pytest.approx(4 * (3e9 + 5e9))
 
 
+def test_paper_table_rebuilds_weight_sized_temporaries_from_a_chips_share():
+    table = _paper_table()
+    # Compiled on one chip, temporaries = activations (2e9 per unit width, per sample) + 1.5x
+    # the weights the chip holds (gradients and the update): whole at w, P(w) = 4e9 w^2 + 1e8 w.
+    weights = lambda w: 4e9 * w * w + 1e8 * w
+    temp = lambda w, held: 2e9 * w + 1.5 * held
+    reports = {w: {"params_bytes": weights(w), "train": {"temp_bytes": temp(w, weights(w))},
+                   "train_cost": {"flops": 1.0, "bytes_accessed": 1.0}}
+               for w in (128 / 704, 256 / 704)}  # fmt: skip
+    assert table.fit_weights(
+        [(w, r["params_bytes"], r["train"]["temp_bytes"]) for w, r in reports.items()]
+    ) == pytest.approx((2e9, 1.5))
+    # On a 64-way fsdp slice a chip holds 1/64 of the full model: 3 samples per chip, padded.
+    share = weights(1.0) / 64
+    full = table.extrapolate(reports, 3, "train", 1.25, weights_per_chip=share)
+    assert full["temp"] == pytest.approx(3 * 2e9 * 1.25 + 1.5 * share)
+    law = full["temp_law"]
+    assert table.predict(law, 0.5, weights(0.5)) == pytest.approx(temp(0.5, weights(0.5)))
+
+
 def test_paper_table_compiles_unpadded_widths_and_bounds_a_single_full_width_point():
     table = _paper_table()
     paper = "configs/imagen_video.py"

@@ -5,16 +5,22 @@ with the widths: the paper base's sampler took 196 s at 1/32 width and 1541 s at
 train step 18 min at 1/32; every compile needs ~10 GB of host memory), so each row combines:
   * exact per-chip bytes of the params, EMA params and AdamW state on the big slice (the abstract
     sharded train state: shapes only, nothing compiled; fsdp over every chip);
-  * temporaries, FLOPs and HBM bytes from the TPU compiler on a small slice of the same chip
-    (`--small`, mesh 1,CHIPS,1, one sample per chip) at two narrower widths (`--widths`: base
+  * temporaries, FLOPs and HBM bytes from the TPU compiler for one chip (`--small`, default
+    v5p:1x1x1: its 95 GB hold the widest compiles; compiles partitioned over 4 chips needed more
+    than this host's 24 GB of memory), one sample, at two narrower widths (`--widths`: base
     channels, multiples of 128 so that no level is padded to the TPU's 128-lane tiles; below 128
     a shrunk model's activations cost ~3x their size and a law fitted there overstates the full
     width's), fitted per stage as
-      temp(w) = a*w + c*w^2,   FLOPs(w) = p*w^2 + q*w,   bytes(w) = u*w^2 + v*w
-    (w = base channels / the stage's own: activations grow with w, weights and dense/conv FLOPs
-    with w^2, attention's QK^T/AV FLOPs with w at fixed tokens), then extrapolated to w = 1 with
-    the activation terms (a, v) times the big slice's per-chip batch and times the full width's
-    own tile padding (`padding_factor`: 704 channels -> 768). A stage at most one of whose
+      temp(w) = a*w + g*P(w),   FLOPs(w) = p*w^2 + q*w,   bytes(w) = u*w^2 + v*w
+    (w = base channels / the stage's own; P(w) the compile's parameter bytes per chip:
+    activations grow with w; gradients, update intermediates and weight casts with the weights a
+    chip holds, which on one chip are the whole model and on the big slice its fsdp share;
+    weights and dense/conv FLOPs grow with w^2, attention's QK^T/AV FLOPs with w at fixed
+    tokens), then extrapolated to w = 1 with the activation terms (a, v) times the big slice's
+    per-chip batch and times the full width's own tile padding (`padding_factor`: 704 channels
+    -> 768), and g times the bytes of the params one big-slice chip holds (fsdp share when
+    training; replicated or sharded when sampling). Gathered layers' transient full weights are
+    not in g*P (one layer at a time: small next to the rest). A stage at most one of whose
     widths is below its own compiles at its own width too; with a single full-width compile
     (128-channel stages) the figure is exact for one sample per chip and an upper bound (every
     term times the batch) for more. `--check STAGE:CHANNELS` compiles a third width of one stage
@@ -62,7 +68,7 @@ def _args(argv):
     parser.add_argument("--slices", default="v5p-128,v5e-256", help="the table's TPU slices")
     parser.add_argument(
         "--small",
-        default="v5e:2x2,v5p:2x2x1",
+        default="v5p:1x1x1",
         help="per chip kind, the slice the shrunk programs compile for (the first: every stage)",
     )
     parser.add_argument(
@@ -70,7 +76,7 @@ def _args(argv):
     )
     parser.add_argument("--check", default=None, help="STAGE:CHANNELS compiled to test the law")
     parser.add_argument(
-        "--cross", default="base", help="stages also compiled for the other --small chips"
+        "--cross", default="", help="stages also compiled for the other --small chips"
     )
     parser.add_argument(
         "--cache",
@@ -238,14 +244,33 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return y1 / w1 - quad * w1, quad
 
 
+def fit_weights(points: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """(act, per_weight) with y = act*w + per_weight*P through two (w, P, y) points.
+
+    P is the compile's per-chip parameter bytes: what scales with the weights a chip holds
+    (gradients, the optimizer update's intermediates, weight casts) rather than with w^2.
+    """
+    (w1, p1, y1), (w2, p2, y2) = points
+    det = w1 * p2 - w2 * p1
+    return (y1 * p2 - y2 * p1) / det, (w1 * y2 - w2 * y1) / det
+
+
 def extrapolate(
-    reports: dict[float, dict], per_chip_batch: int, program: str, pad: float = 1.0
+    reports: dict[float, dict],
+    per_chip_batch: int,
+    program: str,
+    pad: float = 1.0,
+    weights_per_chip: float | None = None,
 ) -> dict:
     """Full-width temp bytes, FLOPs and HBM bytes of `program` ("train" / "sampler") per chip.
 
     `reports`: {w: aot_check report of the compile at width ratio w, one sample per chip}.
     Two widths: the law, with its activation terms times `pad` where it extrapolates past the
     widths compiled (they are multiples of 128 channels, unpadded; the full width may not be).
+    With `weights_per_chip` (the parameter bytes one chip of the big slice holds), temporaries
+    follow act*w + per_weight*P instead of a w^2 term: compiled on one chip, P is the whole
+    model and so are its gradients, while on an fsdp slice each chip holds its share, so the
+    weight-sized temporaries are rebuilt from the share ("temp_law": ("weights", act, per_weight)).
     One width (w = 1, measured): every term times the batch, an upper bound ("bound": True).
     """
     pts = sorted(reports.items())
@@ -259,6 +284,11 @@ def extrapolate(
     grow = pad if pts[-1][0] < 1.0 else 1.0
     out = {"bound": False}
     for key in ("temp", "flops", "bytes_accessed"):
+        if key == "temp" and weights_per_chip is not None:
+            act, per_weight = fit_weights([(w, r["params_bytes"], get(key, r)) for w, r in pts])
+            out[key] = per_chip_batch * act * grow + per_weight * weights_per_chip
+            out[f"{key}_law"] = ("weights", act, per_weight)
+            continue
         lin, quad = fit([(w, get(key, r)) for w, r in pts])
         if key == "temp":  # activations (lin) grow with the batch; gathered weights do not
             out[key] = per_chip_batch * lin * grow + quad
@@ -270,7 +300,10 @@ def extrapolate(
     return out
 
 
-def predict(law: tuple[float, float], w: float) -> float:
+def predict(law: tuple, w: float, params_bytes: float | None = None) -> float:
+    """A law's value at width ratio w (a "weights" law also needs that compile's P)."""
+    if law[0] == "weights":
+        return law[1] * w + law[2] * params_bytes
     lin, quad = law
     return lin * w + quad * w**2
 
@@ -355,7 +388,7 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
             per_chip = max(1, train_batch // n)
             fixed = None
             while True:
-                train = extrapolate(reports, per_chip, "train", pads[stage])
+                train = extrapolate(reports, per_chip, "train", pads[stage], state["params"])
                 total = state["params"] + state["ema"] + state["opt"] + train["temp"]
                 if total <= topo.chip.hbm_bytes or per_chip == 1:
                     break
@@ -367,11 +400,11 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
             rows.append(_row(stage, topo, mesh, "train" + bound, f"{per_chip * n} ({per_chip})",
                              state["params"] + state["ema"] + state["opt"], train["temp"], total,
                              roof, fixed or ("" if total <= topo.chip.hbm_bytes else "does not fit"), law))  # fmt: skip
-            sample = extrapolate(reports, 1, "sampler", pads[stage])
-            resident = state["params_replicated"]
-            fix = ""
+            resident, fix = state["params_replicated"], ""
+            sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
             if resident + sample["temp"] > topo.chip.hbm_bytes:
                 resident, fix = state["params"], "param_sharding='sharded'"
+                sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
             roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
                              resident + sample["temp"], roof, fix, law))  # fmt: skip
@@ -385,21 +418,23 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
         stage, channels = check[0], int(check[1])
         for kind in [primary]:
             measured = compiled(stage, kind, channels)
-            law = extrapolate(reports_of(stage, kind), 1, "train")
+            law = extrapolate(reports_of(stage, kind), 1, "train", 1.0, measured["params_bytes"])
             w = channels / full_channels(args.config, stage)
             for key, value in (("temp", measured["train"]["temp_bytes"]),
                                ("flops", measured["train_cost"]["flops"])):  # fmt: skip
-                guess = predict(law[f"{key}_law"], w)
+                guess = predict(law[f"{key}_law"], w, measured["params_bytes"])
                 notes.append(f"- {stage} train {key} at {channels} channels on {small[kind]}: law "
                              f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
     for stage in (s for s in stages if s in cross):
+        whole = _cached_state(args.config, stage, slices, cache)[str(slices[0].num_chips)]
+        whole = whole["params_replicated"]  # both laws at one chip holding the whole model
         ref = {
-            p: extrapolate(reports_of(stage, primary), 1, p, pads[stage])
+            p: extrapolate(reports_of(stage, primary), 1, p, pads[stage], whole)
             for p in ("train", "sampler")
         }
         for kind in (k for k in small if k != primary):
             for program in ("train", "sampler"):
-                other = extrapolate(reports_of(stage, kind), 1, program, pads[stage])
+                other = extrapolate(reports_of(stage, kind), 1, program, pads[stage], whole)
                 notes.append(
                     f"- {stage} {program}, full width, 1 sample per chip: temp {small[kind]} "
                     f"{other['temp'] / GiB:.3g} GiB vs {small[primary]} "
