@@ -94,6 +94,14 @@ class StageConfig:
         return "spatiotemporal" if time and space else "temporal" if time else "spatial"
 
 
+# How a stage is sampled rather than what its params were trained to do: a trained stage may be
+# shipped or run with other values of these (tools/export_pipeline.py --stage-from).
+SAMPLING_FIELDS = (
+    "num_steps", "sampler", "guidance_scale", "guidance_schedule", "oscillate_after",
+    "low_guidance_scale", "thresholding", "dynamic_percentile", "cond_noise_t", "data_consistency",
+)  # fmt: skip
+
+
 @dataclasses.dataclass
 class Stage:
     """One stage of a cascade: sampling settings, architecture and parameters."""

@@ -213,9 +213,15 @@ def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
         for name, value in want_p.items():
             np.testing.assert_array_equal(np.asarray(got_p[name]), np.asarray(value), err_msg=name)
 
+    # How a stage is sampled comes from the config; what it was trained to do must match.
+    resampled = load_pipeline(export.export(
+        config_file, ["base", "tsr"], [later / "base", later / "tsr"], tmp_path / "resampled",
+        overrides={"sampling.num_steps": 3, "sampling.sampler": "ddpm"}, stage_from={"tsr": first},
+    ))  # fmt: skip
+    assert [(s.config.num_steps, s.config.sampler) for s in resampled.stages] == [(3, "ddpm")] * 2
     with pytest.raises(ValueError, match="has another stage config"):
         export.export(config_file, ["base", "tsr"], [later / "base", later / "tsr"],
-                      tmp_path / "refused", overrides={"sampling.num_steps": 3},
+                      tmp_path / "refused", overrides={"diffusion.schedule.logsnr_min": -19.0},
                       stage_from={"tsr": first})  # fmt: skip
     base_only = export.export(config_file, ["base"], [runs / "base"], tmp_path / "base_only")
     with pytest.raises(ValueError, match="has no stage 'tsr'"):

@@ -18,13 +18,15 @@ T5 is compared bit for bit), otherwise the export refuses; a stage whose U-Net r
 
 `--stage-from STAGES=PIPELINE` takes those stages from a saved pipeline instead of a workdir
 (a cascade whose stages trained in different sessions: each session exports what it finished).
-The saved stage must be the one the config describes (stage and model config equal) and, if it
-reads text, come with the same text encoder; its params are used as saved.
+The saved stage must be the one the config describes (model config and stage config equal, but
+for how it is sampled: `stage.SAMPLING_FIELDS`, taken from the config) and, if it reads text,
+come with the same text encoder; its params are used as saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -115,6 +117,7 @@ def _saved_stage(config: Any, model_cfg: Any, name: str, folder: str | pathlib.P
     """(stage `name` of the saved pipeline `folder`, that pipeline's text encoder), checked
     against the config: a stage trained under another config is refused, not mixed in."""
     from t2v_jax.pipeline_store import load_pipeline
+    from t2v_jax.stage import SAMPLING_FIELDS
 
     pipeline = load_pipeline(folder)
     found = [s for s in pipeline.stages if s.config.name == name]
@@ -123,8 +126,10 @@ def _saved_stage(config: Any, model_cfg: Any, name: str, folder: str | pathlib.P
         raise ValueError(f"stage_from: {str(folder)!r} has no stage {name!r} (it has {names})")
     (stage,) = found
     expected = sampling_stage_config(config)
+    # How to sample it is the config's to say (steps, sampler, data consistency, ...).
+    sampling = {f: getattr(expected, f) for f in SAMPLING_FIELDS}
     for what, saved, wanted in (
-        ("stage", stage.config, expected),
+        ("stage", dataclasses.replace(stage.config, **sampling), expected),
         ("model", stage.model, model_cfg),
     ):
         if saved != wanted:
@@ -133,7 +138,7 @@ def _saved_stage(config: Any, model_cfg: Any, name: str, folder: str | pathlib.P
                 f"the config file describes:\n  saved: {saved}\n  config: {wanted}"
             )
     print(f"{name}: from the saved pipeline {folder}")
-    return stage, pipeline.text_encoder
+    return dataclasses.replace(stage, config=expected), pipeline.text_encoder
 
 
 def _same_tree(a: Any, b: Any) -> bool:
