@@ -13,7 +13,11 @@
 # the EMA params of all stages are saved as a pipeline (bf16) in $OUT
 # (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times of
 # each finished stage invocation go to ROOT/times.txt.
-# Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR.
+# Split over sessions (each stage must finish within one, and only the repository survives):
+#   SR_ONLY=1 OUT=runs/sr tools/train_demo.sh ROOT   # TSR, SSR, SSR2 only -> an SR-only pipeline
+#   SR_FROM=runs/sr tools/train_demo.sh ROOT         # the base alone (both cores), then the
+#                                                    # export joins it to SR_FROM's stages
+# Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR, SR_ONLY, SR_FROM.
 set -euo pipefail
 
 ROOT=${1:?usage: tools/train_demo.sh ROOT [extra t2v-train flags]}
@@ -39,11 +43,28 @@ export_pipeline() {
   "$PYTHON" "$REPO/tools/export_pipeline.py" --config "$CONFIG" --workdir "$ROOT" --overwrite "$@"
 }
 
-train_stage base "$@" >> "$ROOT/base.log" 2>&1 &
-base_pid=$!
-train_stage tsr "$@" >> "$ROOT/tsr.log" 2>&1
-train_stage ssr "$@" >> "$ROOT/ssr.log" 2>&1
-train_stage ssr2 "$@" >> "$ROOT/ssr2.log" 2>&1
-wait "$base_pid" || { echo "base stage failed, see $ROOT/base.log" >&2; exit 1; }
-export_pipeline --stages base tsr ssr ssr2 --out "$OUT" --params-dtype bfloat16
+train_sr_stages() {
+  for stage in tsr ssr ssr2; do
+    train_stage "$stage" "$@" >> "$ROOT/$stage.log" 2>&1
+  done
+}
+
+if [[ -n "${SR_ONLY:-}" && -n "${SR_FROM:-}" ]]; then
+  echo "SR_ONLY and SR_FROM: set one of them" >&2
+  exit 2
+elif [[ -n "${SR_ONLY:-}" ]]; then
+  train_sr_stages "$@"
+  export_pipeline --stages tsr ssr ssr2 --out "$OUT" --params-dtype bfloat16
+elif [[ -n "${SR_FROM:-}" ]]; then
+  [[ -f "$SR_FROM/pipeline.json" ]] || { echo "SR_FROM: no saved pipeline in $SR_FROM" >&2; exit 2; }
+  train_stage base "$@" >> "$ROOT/base.log" 2>&1
+  export_pipeline --stages base tsr ssr ssr2 --stage-from "tsr,ssr,ssr2=$SR_FROM" --out "$OUT" \
+    --params-dtype bfloat16
+else
+  train_stage base "$@" >> "$ROOT/base.log" 2>&1 &
+  base_pid=$!
+  train_sr_stages "$@"
+  wait "$base_pid" || { echo "base stage failed, see $ROOT/base.log" >&2; exit 1; }
+  export_pipeline --stages base tsr ssr ssr2 --out "$OUT" --params-dtype bfloat16
+fi
 echo "$(date -u +%FT%TZ) done: pipeline in $OUT"
