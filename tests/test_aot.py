@@ -240,6 +240,49 @@ def test_paper_table_rebuilds_weight_sized_temporaries_from_a_chips_share():
     assert table.predict(law, 0.5, weights(0.5)) == pytest.approx(temp(0.5, weights(0.5)))
 
 
+def test_paper_table_scales_another_chips_rows_by_their_measured_temporaries(tmp_path, capsys):
+    """Rows of a chip compiled only at the first width use the first chip's law times the
+    temporaries' ratio measured there; a row that cannot fit even at 1 sample per chip names
+    the knobs left. The cache is made up: nothing compiles."""
+    table = _paper_table()
+    GiB = 2**30
+    weights = lambda c: 4.0 * 5.7e9 * (c / 704) ** 2  # fp32 params at c base channels
+
+    def report(c, train_temp, sampler_temp):
+        base = {"params_bytes": weights(c), "compile_s": {"train_step": 1.0, "sampler": 1.0},
+                "host": {"wall_s": 1.0, "peak_rss_gib": 1.0, "commit": "x"}}  # fmt: skip
+        return {
+            "train": {**base, "train": {"temp_bytes": train_temp},
+                      "train_cost": {"flops": 1e12, "bytes_accessed": 1e11}},
+            "sampler": {**base, "sampler": {"temp_bytes": sampler_temp},
+                        "sampler_cost": {"flops": 1e11, "bytes_accessed": 1e10}},
+        }  # fmt: skip
+
+    # v5p: temporaries = 10 GiB per unit width (activations) + 1x the weights held.
+    law = lambda c: 10 * GiB * c / 704 + weights(c)
+    compiles = {("v5p:1x1x1", 128): report(128, law(128), 0.2 * GiB),
+                ("v5p:1x1x1", 256): report(256, law(256), 0.3 * GiB),
+                ("v5e:1x1", 128): report(128, 1.5 * law(128), 0.2 * GiB)}  # fmt: skip
+    cache = {f"base|{small}|c{c}|{p}": r[p] for (small, c), r in compiles.items() for p in r}
+    share = 1.0 * GiB  # params per chip on the big slice
+    cache["state|base"] = {str(n): {"mesh": [n // 64, 64, 1], "num_params": 5.7e9,
+                                    "params": share, "ema": share, "opt": 2 * share,
+                                    "params_replicated": weights(704), "batch": 256}
+                           for n in (64, 256)}  # fmt: skip
+    path = tmp_path / "cache.json"
+    path.write_text(json.dumps(cache))
+    table.main(["--stages", "base", "--slices", "v5p-128,v5e-256", "--cache", str(path)])
+    rows = {r.split("|")[2].strip(): r.split("|") for r in capsys.readouterr().out.splitlines()
+            if r.startswith("| base |") and "| train" in r}  # fmt: skip
+    pad = 768 / 704
+    temp = lambda row: float(row[7].split()[0])
+    v5p = 4 * 10 * pad + 1.0  # 4 samples per chip, padded; 1x the chip's 1 GiB share
+    assert temp(rows["v5p:4x4x4 (64)"]) == pytest.approx(v5p, abs=0.01)
+    assert temp(rows["v5e:16x16 (256)"]) == pytest.approx(1.5 * (10 * pad + 1.0), abs=0.01)
+    assert "x 1.50/1.00 (v5e" in rows["v5e:16x16 (256)"][12]
+    assert "activations need mesh tensor>1" in rows["v5e:16x16 (256)"][11]  # 20.4 + 4 > 16 GiB
+
+
 def test_paper_table_compiles_unpadded_widths_and_bounds_a_single_full_width_point():
     table = _paper_table()
     paper = "configs/imagen_video.py"

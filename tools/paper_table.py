@@ -26,8 +26,10 @@ train step 18 min at 1/32; every compile needs ~10 GB of host memory), so each r
     term times the batch) for more. `--check STAGE:CHANNELS` compiles a third width of one stage
     and prints the law's prediction error there.
     Every stage compiles for the first `--small` slice's chip; the other chips compile only the
-    `--cross` stages, whose full-width laws are compared in the notes, and their other rows use
-    the first chip's law (v5e and v5p are one TPU generation; each row names its law's slice).
+    `--cross` stages at the first width, and their rows use the first chip's law with its
+    temporaries times the measured ratio there (per program, the largest over the --cross
+    stages; the same program's temporaries differ by chip: v5e's compiler asks for ~13% more
+    than v5p's at 128 channels, and refuses 256 channels on its 16 GB). Each row names its law.
   * a roofline step time max(FLOPs / peak, bytes / HBM bandwidth) from t2v_jax/perf/chips.py
     (collectives not counted: an upper bound on speed).
 Where a training row does not fit, the tool halves the per-chip batch until it does and shows
@@ -68,7 +70,7 @@ def _args(argv):
     parser.add_argument("--slices", default="v5p-128,v5e-256", help="the table's TPU slices")
     parser.add_argument(
         "--small",
-        default="v5p:1x1x1",
+        default="v5p:1x1x1,v5e:1x1",
         help="per chip kind, the slice the shrunk programs compile for (the first: every stage)",
     )
     parser.add_argument(
@@ -76,7 +78,7 @@ def _args(argv):
     )
     parser.add_argument("--check", default=None, help="STAGE:CHANNELS compiled to test the law")
     parser.add_argument(
-        "--cross", default="", help="stages also compiled for the other --small chips"
+        "--cross", default="base", help="stages compiled for the other --small chips too"
     )
     parser.add_argument(
         "--cache",
@@ -97,6 +99,8 @@ def _args(argv):
 
 
 PROGRAMS = ("train", "sampler")  # compiled in separate processes: one alone needs up to ~20 GB
+# A train row that does not fit at one sample per chip: the knobs left, neither compiled here.
+NO_FIT = "does not fit at 1 sample/chip: activations need mesh tensor>1 or model.remat='offload'"
 
 
 def _compile(config: str, stage: str, small: str, channels: int, program: str) -> dict:
@@ -271,6 +275,8 @@ def extrapolate(
     follow act*w + per_weight*P instead of a w^2 term: compiled on one chip, P is the whole
     model and so are its gradients, while on an fsdp slice each chip holds its share, so the
     weight-sized temporaries are rebuilt from the share ("temp_law": ("weights", act, per_weight)).
+    A negative fitted weight term (temporaries that do not grow with the weights, e.g. a
+    sampler's) is dropped and the activation term bounded by the larger of the two points'.
     One width (w = 1, measured): every term times the batch, an upper bound ("bound": True).
     """
     pts = sorted(reports.items())
@@ -286,6 +292,8 @@ def extrapolate(
     for key in ("temp", "flops", "bytes_accessed"):
         if key == "temp" and weights_per_chip is not None:
             act, per_weight = fit_weights([(w, r["params_bytes"], get(key, r)) for w, r in pts])
+            if per_weight < 0:  # no weight-sized temporaries to see: activations only, bounded
+                act, per_weight = max(get(key, r) / w for w, r in pts), 0.0
             out[key] = per_chip_batch * act * grow + per_weight * weights_per_chip
             out[f"{key}_law"] = ("weights", act, per_weight)
             continue
@@ -344,13 +352,15 @@ def main(argv=None) -> int:
     primary = next(iter(small))
     cross = [s for s in args.cross.split(",") if s] if args.cross else []
     # The law check's stage and third width first (whether the law holds decides whether the
-    # rest is worth compiling), then every stage on the first chip, then --cross on the others.
+    # rest is worth compiling), then every stage on the first chip, then --cross on the others
+    # (their first width only: the chips' ratio there scales the first chip's law).
     if check:
         for channels in [*stage_widths(args.config, check[0], widths), int(check[1])]:
             compiled(check[0], primary, channels)
     for kind in small:
         for stage in stages if kind == primary else [s for s in stages if s in cross]:
-            for channels in stage_widths(args.config, stage, widths):
+            own = stage_widths(args.config, stage, widths)
+            for channels in own if kind == primary else own[:1]:
                 compiled(stage, kind, channels)
     if args.compile_only:
         return 0
@@ -368,9 +378,23 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     primary = next(iter(small))
-    law_kind = lambda stage, kind: kind if kind == primary or stage in cross else primary
     notes, host = [], []
     pads = {stage: padding_factor(args.config, stage) for stage in stages}
+
+    def chip_ratio(kind):  # {program: temporaries on `kind` / on the first chip}, at one width
+        measured = {p: [] for p in PROGRAMS}
+        for stage in cross if kind != primary else ():
+            c = stage_widths(args.config, stage, widths)[0]
+            mine, ref = compiled(stage, kind, c), compiled(stage, primary, c)
+            for p in PROGRAMS:
+                measured[p].append(mine[p]["temp_bytes"] / ref[p]["temp_bytes"])
+                notes.append(f"- {stage} {p} temporaries at {c} channels: {small[kind]} "
+                             f"{mine[p]['temp_bytes'] / GiB:.3g} GiB, {small[primary]} "
+                             f"{ref[p]['temp_bytes'] / GiB:.3g} GiB ({measured[p][-1]:.2f}x)")  # fmt: skip
+        # The largest over the --cross stages, so that the rows stay upper estimates.
+        return {p: max(r) if r else 1.0 for p, r in measured.items()}
+
+    ratios = {kind: chip_ratio(kind) for kind in small}
 
     def reports_of(stage, kind):  # {w: report}
         full = full_channels(args.config, stage)
@@ -382,13 +406,16 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
         for topo in slices:
             kind, n = topo.chip.name, topo.num_chips
             state = _cached_state(args.config, stage, slices, cache)[str(n)]
-            reports = reports_of(stage, law_kind(stage, kind))
-            law = small[law_kind(stage, kind)]
+            reports = reports_of(stage, primary)
+            ratio = ratios.get(kind, {p: 1.0 for p in PROGRAMS})
+            law = small[primary] + (f" x {ratio['train']:.2f}/{ratio['sampler']:.2f} "
+                                    f"({kind}, train/sampler)" if kind != primary and kind in small else "")  # fmt: skip
             train_batch = state["batch"]
             per_chip = max(1, train_batch // n)
             fixed = None
             while True:
                 train = extrapolate(reports, per_chip, "train", pads[stage], state["params"])
+                train["temp"] *= ratio["train"]
                 total = state["params"] + state["ema"] + state["opt"] + train["temp"]
                 if total <= topo.chip.hbm_bytes or per_chip == 1:
                     break
@@ -399,17 +426,19 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
             bound = " (upper bound: every term x batch)" if train["bound"] else ""
             rows.append(_row(stage, topo, mesh, "train" + bound, f"{per_chip * n} ({per_chip})",
                              state["params"] + state["ema"] + state["opt"], train["temp"], total,
-                             roof, fixed or ("" if total <= topo.chip.hbm_bytes else "does not fit"), law))  # fmt: skip
+                             roof, fixed or ("" if total <= topo.chip.hbm_bytes else NO_FIT), law))  # fmt: skip
             resident, fix = state["params_replicated"], ""
             sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
-            if resident + sample["temp"] > topo.chip.hbm_bytes:
+            if resident + sample["temp"] * ratio["sampler"] > topo.chip.hbm_bytes:
                 resident, fix = state["params"], "param_sharding='sharded'"
                 sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
+            sample["temp"] *= ratio["sampler"]
             roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
                              resident + sample["temp"], roof, fix, law))  # fmt: skip
+        own = stage_widths(args.config, stage, widths)
         kinds = [k for k in small if k == primary or stage in cross]
-        for kind, c in ((k, c) for k in kinds for c in stage_widths(args.config, stage, widths)):
+        for kind, c in ((k, c) for k in kinds for c in (own if k == primary else own[:1])):
             r = compiled(stage, kind, c)
             host.append(f"| {stage} | {small[kind]} | {c} | {r['compile_s'].get('train_step', 0):.0f} "
                         f"| {r['compile_s'].get('sampler', 0):.0f} | {r['host']['wall_s']:.0f} "
@@ -425,26 +454,10 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
                 guess = predict(law[f"{key}_law"], w, measured["params_bytes"])
                 notes.append(f"- {stage} train {key} at {channels} channels on {small[kind]}: law "
                              f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
-    for stage in (s for s in stages if s in cross):
-        whole = _cached_state(args.config, stage, slices, cache)[str(slices[0].num_chips)]
-        whole = whole["params_replicated"]  # both laws at one chip holding the whole model
-        ref = {
-            p: extrapolate(reports_of(stage, primary), 1, p, pads[stage], whole)
-            for p in ("train", "sampler")
-        }
-        for kind in (k for k in small if k != primary):
-            for program in ("train", "sampler"):
-                other = extrapolate(reports_of(stage, kind), 1, program, pads[stage], whole)
-                notes.append(
-                    f"- {stage} {program}, full width, 1 sample per chip: temp {small[kind]} "
-                    f"{other['temp'] / GiB:.3g} GiB vs {small[primary]} "
-                    f"{ref[program]['temp'] / GiB:.3g} GiB ({other['temp'] / ref[program]['temp'] - 1:+.1%}); "
-                    f"FLOPs {other['flops'] / ref[program]['flops'] - 1:+.1%}"
-                )  # fmt: skip
     out = "\n".join(rows)
     out += (
-        "\n\nLaw checks (a third width, compiled; the same stage's law on another chip):\n"
-        + "\n".join(notes)
+        "\n\nLaw checks (a third width, compiled) and chip ratios (the other chips' rows use "
+        "the first chip's law times these):\n" + "\n".join(notes)
         if notes
         else ""
     )
