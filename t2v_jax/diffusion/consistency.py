@@ -17,13 +17,11 @@ matrix applied along one axis. The samplers take it as `project_x0` (samplers.sa
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Mode = Literal["none", "bicubic"]
 MODES = ("none", "bicubic")
 
 
