@@ -75,15 +75,14 @@ def override_stage(stage, settings: Sequence[str]):
     """`stage` with its config's fields set from FIELD=VALUE strings (--stage-set)."""
     import dataclasses
 
-    fields = {f.name for f in dataclasses.fields(stage.config)}
+    fields = {f.name: type(getattr(stage.config, f.name)) for f in dataclasses.fields(stage.config)}
     changes = {}
-    for item in settings:
-        name, sep, value = item.partition("=")
-        if not sep or name not in fields:
-            raise SystemExit(f"--stage-set: {item!r} is not FIELD=VALUE with FIELD of StageConfig")
-        old = getattr(stage.config, name)
-        changes[name] = value if isinstance(old, str) else type(old)(value)
     try:
+        for item in settings:
+            name, sep, value = item.partition("=")
+            if not sep or fields.get(name) not in (str, int, float):
+                raise ValueError(f"{item!r} is not FIELD=VALUE with FIELD a sampling setting")
+            changes[name] = fields[name](value)
         return dataclasses.replace(stage, config=dataclasses.replace(stage.config, **changes))
     except ValueError as e:
         raise SystemExit(f"--stage-set: {e}") from None
