@@ -304,6 +304,10 @@ def test_paper_table_compiles_unpadded_widths_and_bounds_a_single_full_width_poi
     assert table.extrapolate(one, 1, "train")["temp"] == law(256 / 704)
     bound = table.extrapolate(one, 4, "train")
     assert bound["temp"] == 4 * law(256 / 704) and bound["bound"]
+    # ... and a bound too where the one-chip compile held the whole model, not a chip's share.
+    whole = {1.0: {**reports[256 / 704], "params_bytes": 8e9}}
+    assert table.extrapolate(whole, 1, "train", weights_per_chip=1e8)["bound"]
+    assert not table.extrapolate(whole, 1, "train", weights_per_chip=8e9)["bound"]
 
 
 def test_config_overrides_reach_every_stage_and_bad_ones_stop_before_compiling():

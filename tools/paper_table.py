@@ -277,7 +277,8 @@ def extrapolate(
     weight-sized temporaries are rebuilt from the share ("temp_law": ("weights", act, per_weight)).
     A negative fitted weight term (temporaries that do not grow with the weights, e.g. a
     sampler's) is dropped and the activation term bounded by the larger of the two points'.
-    One width (w = 1, measured): every term times the batch, an upper bound ("bound": True).
+    One width (w = 1, measured): every term times the batch, an upper bound ("bound": True) for
+    more than one sample per chip or where the compile held more weights than `weights_per_chip`.
     """
     pts = sorted(reports.items())
     cost = f"{program}_cost"
@@ -286,7 +287,10 @@ def extrapolate(
         ((w, r),) = pts
         assert w == 1.0, "a single compile must be the stage's full width"
         out = {key: per_chip_batch * get(key, r) for key in ("temp", "flops", "bytes_accessed")}
-        return {**out, "bound": per_chip_batch > 1}
+        # Compiled holding more weights than a big-slice chip does: its weight-sized
+        # temporaries are the whole model's, so the figure is an upper bound too.
+        whole = weights_per_chip is not None and weights_per_chip < r.get("params_bytes", 0)
+        return {**out, "bound": per_chip_batch > 1 or whole}
     grow = pad if pts[-1][0] < 1.0 else 1.0
     out = {"bound": False}
     for key in ("temp", "flops", "bytes_accessed"):
@@ -423,7 +427,7 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
                 fixed = f"train.batch_size={per_chip * n}"
             roof = chips.roofline(train["flops"], train["bytes_accessed"], topo.chip)
             mesh = ",".join(map(str, state["mesh"]))
-            bound = " (upper bound: every term x batch)" if train["bound"] else ""
+            bound = " (upper bound)" if train["bound"] else ""
             rows.append(_row(stage, topo, mesh, "train" + bound, f"{per_chip * n} ({per_chip})",
                              state["params"] + state["ema"] + state["opt"], train["temp"], total,
                              roof, fixed or ("" if total <= topo.chip.hbm_bytes else NO_FIT), law))  # fmt: skip
