@@ -91,6 +91,6 @@ def test_eval_sr_stage_set_overrides_sampling_fields_and_names_bad_ones():
     got = tool.override_stage(stage, ["data_consistency=bicubic", "num_steps=8"]).config
     assert (got.data_consistency, got.num_steps, got.sampler) == ("bicubic", 8, config.sampler)
     for bad in (["num_steps=eight"], ["colour=red"], ["schedule=cosine"], ["num_steps"],
-                ["data_consistency=lanczos"]):  # fmt: skip
+                ["data_consistency=lanczos"], ["frames=8"]):  # fmt: skip
         with pytest.raises(SystemExit, match="--stage-set"):
             tool.override_stage(stage, bad)

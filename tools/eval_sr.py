@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="text, if the stage reads it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage-set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a StageConfig field of the judged stage for this run, e.g. "
+                   help="override a sampling setting of the judged stage for this run, e.g. "
                    "data_consistency=bicubic or sampler=ddpm (repeatable)")  # fmt: skip
     p.add_argument("--json", type=pathlib.Path, default=None)
     return p
@@ -72,17 +72,18 @@ def shapes_clips(count: int, frames: int, height: int, width: int) -> list[np.nd
 
 
 def override_stage(stage, settings: Sequence[str]):
-    """`stage` with its config's fields set from FIELD=VALUE strings (--stage-set)."""
+    """`stage` with sampling settings (`stage.SAMPLING_FIELDS`) set from FIELD=VALUE strings."""
     import dataclasses
 
-    fields = {f.name: type(getattr(stage.config, f.name)) for f in dataclasses.fields(stage.config)}
+    from t2v_jax.stage import SAMPLING_FIELDS
+
     changes = {}
     try:
         for item in settings:
             name, sep, value = item.partition("=")
-            if not sep or fields.get(name) not in (str, int, float):
+            if not sep or name not in SAMPLING_FIELDS:
                 raise ValueError(f"{item!r} is not FIELD=VALUE with FIELD a sampling setting")
-            changes[name] = fields[name](value)
+            changes[name] = type(getattr(stage.config, name))(value)
         return dataclasses.replace(stage, config=dataclasses.replace(stage.config, **changes))
     except ValueError as e:
         raise SystemExit(f"--stage-set: {e}") from None
