@@ -62,3 +62,19 @@ def build_tiny_pipeline():
         return cascade.build_pipeline(configs, encoder, jax.random.key(params_seed), mesh=mesh)
 
     return build
+
+
+@pytest.fixture
+def recording_python():
+    """`make(folder) -> (stub, calls)`: a stand-in `python` in `folder` for the shell tools'
+    tests (pass it as $PYTHON) that only records its command lines, and `calls()`, the lines it
+    recorded so far."""
+
+    def make(folder):
+        log = folder / "python_calls.txt"
+        stub = folder / "python"
+        stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+        stub.chmod(0o755)
+        return stub, lambda: log.read_text().splitlines() if log.exists() else []
+
+    return make

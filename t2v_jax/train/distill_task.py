@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -365,13 +366,41 @@ def export_student(
 ) -> Any:
     """Saves `pipeline` with the stage of the same name replaced by `workdir`'s student (its
     newest checkpoint's EMA params, model and sampling settings); returns the new Pipeline."""
-    stage, _, _ = stage_from_workdir(workdir)
+    return export_students([workdir], pipeline, out, **save_kwargs)
+
+
+def export_students(
+    workdirs: Sequence[str | os.PathLike], pipeline: Any, out: str | os.PathLike,
+    **save_kwargs: Any,
+) -> Any:  # fmt: skip
+    """`export_student` for several rounds at once (a whole distilled cascade): each workdir's
+    student replaces the stage of its name; two students of one stage are refused."""
     names = [s.config.name for s in pipeline.stages]
-    if stage.config.name not in names:
-        raise ValueError(
-            f"pipeline: has no stage {stage.config.name!r} for the student (stages: {names})"
-        )
-    stages = [stage if s.config.name == stage.config.name else s for s in pipeline.stages]
+    students: dict[str, Any] = {}
+    for workdir in workdirs:
+        stage, text, _ = stage_from_workdir(workdir)
+        name = stage.config.name
+        if name not in names:
+            raise ValueError(f"pipeline: has no stage {name!r} for the student of {workdir} "
+                             f"(stages: {names})")  # fmt: skip
+        if stage.model.uses_text and not _same_leaves(text, pipeline.text_encoder.params):
+            raise ValueError(f"pipeline: its text encoder is not the one the student of "
+                             f"{workdir} (stage {name!r}) was distilled with")  # fmt: skip
+        if name in students:
+            raise ValueError(f"workdirs: two students of stage {name!r}")
+        students[name] = stage
+    stages = [students.get(s.config.name, s) for s in pipeline.stages]
     new = cascade.Pipeline(pipeline.text_encoder, stages, mesh=pipeline.mesh)
     new.save(out, **save_kwargs)
     return new
+
+
+def _same_leaves(a: Any, b: Any) -> bool:
+    """Whether two param trees hold the same arrays (structure, shapes and values)."""
+    a, b = jax.device_get(a), jax.device_get(b)
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(
+        x.shape == y.shape and bool(jnp.array_equal(x, y))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
