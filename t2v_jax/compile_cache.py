@@ -84,7 +84,7 @@ def exported_program(name: str, key: str, fn: Callable, args: Sequence[Any]) -> 
 
     The persistent compilation cache saves a second process the XLA compile, but not tracing
     the model and lowering it to StableHLO, which it needs first to compute the cache key: for
-    the demo's three stage programs that was about 5 s of a warm sample under load. The
+    the first demo's three stage programs that was about 5 s of a warm sample under load. The
     exported program (StableHLO plus its shardings) is written to `<cache>/t2v_jax_exported/`,
     named `name` and keyed by `key`, the argument shapes, dtypes and shardings and
     `source_fingerprint()`, so a later process deserializes it and goes straight to the

@@ -22,8 +22,9 @@ from t2v_jax import cascade, paths
 from t2v_jax.configlib import from_config
 from t2v_jax.pipeline_format import FORMAT_VERSION, file_sha256, flatten_params, unflatten_params
 
-# Built-in pipelines ship inside the package (t2v_jax/assets/<name>).
-BUILTIN_PIPELINES = ("shapes",)
+# Built-in pipelines ship inside the package (t2v_jax/assets/<name>): "shapes" is the demo
+# (docs/demo.md), "shapes_v1" its first edition (three stages, 32x32), kept for comparison.
+BUILTIN_PIPELINES = ("shapes", "shapes_v1")
 
 
 def builtin_path(name: str) -> pathlib.Path:
@@ -93,7 +94,7 @@ def load_pipeline(path_or_name: str | os.PathLike = "shapes", *, mesh: Any = Non
 def expected_param_shapes(model: Any, config: Any) -> dict[str, tuple[int, ...]]:
     """{name: shape} of the parameters a stage's model needs.
 
-    Finding them traces the model's init (seconds for the demo's three stages), so with a
+    Finding them traces the model's init (seconds for the demo's stages), so with a
     compilation cache on the answer is memoized beside it, keyed by the configs and
     `compile_cache.source_fingerprint()` (any code change recomputes it).
     """

@@ -1,4 +1,5 @@
-"""The shipped demo: load_pipeline("shapes") works from the installed package, offline."""
+"""The shipped demo: load_pipeline("shapes") (and the first edition, "shapes_v1") works from the
+installed package, offline."""
 
 import json
 import os
@@ -21,8 +22,10 @@ _PROBE = textwrap.dedent(
     direct = dist.read_text("direct_url.json")
     editable = bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
     pipe = pipeline_store.load_pipeline("shapes")
-    videos = pipe.sample(["a red circle moving right"], num_steps=[12, 6, 6], seed=0,
-                         progress=False)
+    steps = [12, 6, 6, 6]
+    videos = pipe.sample(["a red circle moving right"], num_steps=steps, seed=0, progress=False)
+    # The first edition stays loadable by its own name (loaded and checked, not sampled).
+    first = pipeline_store.load_pipeline("shapes_v1")
     print(json.dumps({
         "module": str(pathlib.Path(t2v_jax.__file__).resolve().parent),
         "assets": str(pipeline_store.builtin_path("shapes").resolve()),
@@ -30,15 +33,17 @@ _PROBE = textwrap.dedent(
         "shape": list(videos.shape),
         "dtype": str(videos.dtype),
         "pixel_std": float(videos.std()),
-        "same_again": bool((pipe.sample(["a red circle moving right"], num_steps=[12, 6, 6],
+        "same_again": bool((pipe.sample(["a red circle moving right"], num_steps=steps,
                                         seed=0, progress=False) == videos).all()),
         "fps": pipe.fps,
+        "first_edition": [[s.config.name, s.config.frames, s.config.height, s.config.width]
+                          for s in first.stages],
     }))
     """
 )
 
 
-@pytest.mark.slow  # loads three stages and compiles their samplers (about a minute on 2 cores)
+@pytest.mark.slow  # loads four stages and compiles their samplers (about a minute on 2 cores)
 def test_builtin_shapes_pipeline_loads_and_samples_from_the_installed_package(tmp_path):
     # Nothing but the installed package; one CPU device as a user has (not the 8 fake ones).
     env = dict(os.environ, PYTHONPATH="", XLA_FLAGS="--xla_backend_optimization_level=0")
@@ -50,8 +55,10 @@ def test_builtin_shapes_pipeline_loads_and_samples_from_the_installed_package(tm
     assert result["assets"].startswith(result["module"] + os.sep), result
     if not result["editable"]:
         assert "site-packages" in result["module"], result
-    assert result["shape"] == [1, 16, 32, 32, 3] and result["dtype"] == "uint8"
+    assert result["shape"] == [1, 16, 64, 64, 3] and result["dtype"] == "uint8"
     assert result["fps"] == 8
+    assert result["first_edition"] == [["base", 8, 16, 16], ["tsr", 16, 16, 16],
+                                       ["ssr", 16, 32, 32]], result  # fmt: skip
     # Not a blank frame, and a fixed seed reproduces the video exactly.
     assert result["pixel_std"] > 5 and result["same_again"], result
 
@@ -62,8 +69,8 @@ def test_shipped_demo_still_follows_its_prompts():
     stop following prompts (or a text path that stops reaching the U-Net) fail here.
 
     Only the base stage is sampled, at 4 steps: it alone reads the text (the SR stages are
-    text-free and only sharpen), and 4 steps kept its adherence (24/24 videos right on every
-    attribute at 4 steps, seeds 0 and 1; 36/36 at 8 steps). Chance is 1/8 for the colour, 1/3
+    text-free and only sharpen), and 4 steps keep its adherence (the second edition's base:
+    24/24 videos right on every attribute at 4 steps and at 8, seeds 0 and 1). Chance is 1/8 for the colour, 1/3
     for the shape, 1/4 for the motion; the thresholds leave two or three misses of margin.
     """
     import jax

@@ -66,8 +66,8 @@ def _run(tmp_path, name):
 def test_second_default_sample_process_compiles_nothing(tmp_path):
     first = _run(tmp_path, "first")
     written = {key: module for module, key in first["write"]}
-    # Every stage's sampler program (three stages) was cacheable, progress bar and all.
-    assert sum(module == "jit_stage_steps" for module in written.values()) == 3, first
+    # Every stage's sampler program (four stages) was cacheable, progress bar and all.
+    assert sum(module == "jit_stage_steps" for module in written.values()) == 4, first
 
     second = _run(tmp_path, "second")
     hits = {key for _, key in second["hit"]}

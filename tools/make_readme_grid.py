@@ -3,7 +3,8 @@
   python tools/make_readme_grid.py --out docs/images/demo_grid.png --overwrite
 
 Each row is one prompt's video (seed 0, the demo's default steps and guidance): every second of
-its 16 frames at 32x32, enlarged 3x (nearest). About a minute on a 2-core CPU, most of it compiling.
+its 16 frames at the output size (64x64), enlarged 2x (nearest). About two minutes on a 2-core CPU,
+most of it compiling.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/images/demo_grid.png")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=int, default=3, help="pixel enlargement (nearest)")
+    p.add_argument("--scale", type=int, default=2, help="pixel enlargement (nearest)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
 
