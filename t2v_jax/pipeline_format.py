@@ -54,6 +54,16 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
+def same_params(a: Any, b: Any) -> bool:
+    """Whether two param trees hold the same arrays: structure, shapes and values (bit for bit,
+    whatever the dtypes). How an export checks that two stages share one text encoder."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
 def file_sha256(path: pathlib.Path) -> str:
     """The hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
     digest = hashlib.sha256()

@@ -70,8 +70,9 @@ def test_shipped_demo_still_follows_its_prompts():
 
     Only the base stage is sampled, at 4 steps: it alone reads the text (the SR stages are
     text-free and only sharpen), and 4 steps keep its adherence (the second edition's base:
-    24/24 videos right on every attribute at 4 steps and at 8, seeds 0 and 1). Chance is 1/8 for the colour, 1/3
-    for the shape, 1/4 for the motion; the thresholds leave two or three misses of margin.
+    24/24 videos right on every attribute at 4 steps and at 8, seeds 0 and 1). Chance is 1/8
+    for the colour, 1/3 for the shape, 1/4 for the motion; the thresholds leave two or three
+    misses of margin.
     """
     import jax
 

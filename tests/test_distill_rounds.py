@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from t2v_jax import pipeline_store
+from t2v_jax import pipeline_store, sharding
 from t2v_jax.configlib import load_config
 from t2v_jax.data import pipeline as data_pipeline
 from t2v_jax.train import distill_task
@@ -39,14 +39,12 @@ def test_rounds_run_and_their_students_export_as_one_cascade(build_tiny_pipeline
         result = distill_task.distill(_config(stage, data_dir), tmp_path / run, settings)
         assert result.status == "completed" and result.step == 2, (run, result.status)
 
-    one = jax.devices()[:1]
-    from t2v_jax import sharding
-
-    mesh = sharding.make_mesh(sharding.MeshConfig(), devices=one)
+    mesh = sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
     teacher = pipeline_store.load_pipeline(teacher_dir, mesh=mesh)
     distill_task.export_students([tmp_path / "base_p", tmp_path / "tsr_p"], teacher,
                                  tmp_path / "out")  # fmt: skip
-    base, tsr, ssr = pipeline_store.load_pipeline(tmp_path / "out", mesh=mesh).stages
+    distilled = pipeline_store.load_pipeline(tmp_path / "out", mesh=mesh)
+    base, tsr, ssr = distilled.stages
     t_base, t_tsr, t_ssr = teacher.stages
     # The base: guidance input from round g, half the teacher's 4 steps from round p, DDIM.
     assert base.model.guidance_input and not t_base.model.guidance_input
@@ -60,9 +58,7 @@ def test_rounds_run_and_their_students_export_as_one_cascade(build_tiny_pipeline
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(ssr.params), jax.tree.leaves(t_ssr.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    video = pipeline_store.load_pipeline(tmp_path / "out", mesh=mesh).sample(
-        ["a red circle"], seed=0, progress=False
-    )
+    video = distilled.sample(["a red circle"], seed=0, progress=False)
     assert video.shape[0] == 1 and video.dtype == np.uint8
 
     # Refused, nothing written: two students of one stage; a pipeline with another encoder.

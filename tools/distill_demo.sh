@@ -3,10 +3,10 @@
 # distillation and then progressive rounds, the three SR stages by progressive rounds.
 #
 #   nohup tools/distill_demo.sh /tmp/shapes_distill > /tmp/shapes_distill.log 2>&1 &
-#   tools/distill_demo.sh ROOT [extra t2v-distill flags, e.g. --config.train.num_steps=3]
+#   tools/distill_demo.sh ROOT [extra t2v-distill flags]   # smoke run: STEPS=3
 #
 # Rounds, each a resumable `t2v-distill` run in ROOT/<run> (rerunning the same command
-# continues where it stopped; finished rounds return at once and only export again):
+# continues where it stopped; a finished round trains no further step):
 #   round 0: base_g      guidance-distilled base (one model call per step), 32 steps
 #   round 1: base_p16    from base_g;      tsr_p8, ssr_p8, ssr2_p8 from the teacher pipeline
 #   round 2: base_p8     from base_p16;    tsr_p4, ssr_p4, ssr2_p4 from round 1's students

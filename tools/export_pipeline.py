@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 
 def sampling_stage_config(config: Any):
@@ -141,14 +140,6 @@ def _saved_stage(config: Any, model_cfg: Any, name: str, folder: str | pathlib.P
     return dataclasses.replace(stage, config=expected), pipeline.text_encoder
 
 
-def _same_tree(a: Any, b: Any) -> bool:
-    if jax.tree.structure(a) != jax.tree.structure(b):
-        return False
-    return all(
-        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
-
-
 def export(
     config_file: str,
     stages: Sequence[str],
@@ -175,7 +166,7 @@ def export(
       stage_from: stage name -> a saved pipeline folder to take that stage (and, for the first
         stage, the text encoder) from instead of its workdir.
     """
-    from t2v_jax import cascade
+    from t2v_jax import cascade, pipeline_format
     from t2v_jax.configlib import from_config, load_config
     from t2v_jax.models.config import UNetConfig
 
@@ -198,7 +189,7 @@ def export(
                 if text_encoder_only:
                     encoder.save(out)
                     return out
-            elif model_cfg.uses_text and not _same_tree(
+            elif model_cfg.uses_text and not pipeline_format.same_params(
                 jax.device_get(stage_encoder.params), jax.device_get(encoder.params)
             ):
                 raise ValueError(
@@ -214,7 +205,7 @@ def export(
             if text_encoder_only:
                 encoder.save(out)
                 return out
-        elif model_cfg.uses_text and not _same_tree(
+        elif model_cfg.uses_text and not pipeline_format.same_params(
             frozen.get("text", ema.get("text")), jax.device_get(encoder.params)
         ):
             raise ValueError(

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from t2v_jax import cascade, configlib, paths
+from t2v_jax import cascade, configlib, paths, pipeline_format
 from t2v_jax.data import pipeline as data_pipeline
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
@@ -383,7 +383,9 @@ def export_students(
         if name not in names:
             raise ValueError(f"pipeline: has no stage {name!r} for the student of {workdir} "
                              f"(stages: {names})")  # fmt: skip
-        if stage.model.uses_text and not _same_leaves(text, pipeline.text_encoder.params):
+        if stage.model.uses_text and not pipeline_format.same_params(
+            text, pipeline.text_encoder.params
+        ):
             raise ValueError(f"pipeline: its text encoder is not the one the student of "
                              f"{workdir} (stage {name!r}) was distilled with")  # fmt: skip
         if name in students:
@@ -393,14 +395,3 @@ def export_students(
     new = cascade.Pipeline(pipeline.text_encoder, stages, mesh=pipeline.mesh)
     new.save(out, **save_kwargs)
     return new
-
-
-def _same_leaves(a: Any, b: Any) -> bool:
-    """Whether two param trees hold the same arrays (structure, shapes and values)."""
-    a, b = jax.device_get(a), jax.device_get(b)
-    if jax.tree.structure(a) != jax.tree.structure(b):
-        return False
-    return all(
-        x.shape == y.shape and bool(jnp.array_equal(x, y))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
