@@ -63,8 +63,22 @@ def test_one_round_stops_after_round_one(tmp_path, recording_python):
     assert sorted(exports) == ["cascade_r0", "cascade_r1"]
 
 
+def test_chains_split_the_base_and_sr_rounds_over_runs(tmp_path, recording_python):
+    (tmp_path / "base").mkdir(), (tmp_path / "sr").mkdir()
+    proc, rounds, exports = _run(tmp_path / "base", recording_python, CHAINS="base")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(rounds) == ["base_g", "base_p16", "base_p8"]
+    assert exports == {"cascade_r0": ["base_g"]}  # the later rounds' cascades need SR students
+    proc, rounds, exports = _run(tmp_path / "sr", recording_python, CHAINS="sr")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(rounds) == sorted(f"{s}_p{n}" for s in ("tsr", "ssr", "ssr2") for n in (8, 4))
+    assert exports == {}
+
+
 @pytest.mark.parametrize("env,message", [
     ({"ROUNDS": "3"}, "ROUNDS: 0, 1 or 2"),
+    ({"CHAINS": "base ssr"}, "CHAINS: 'base', 'sr' or both"),
+    ({"CHAINS": " "}, "CHAINS: 'base', 'sr' or both"),
     ({"STEPS": "0"}, "STEPS: a positive integer"),
 ])  # fmt: skip
 def test_bad_settings_stop_before_distilling(tmp_path, recording_python, env, message):

@@ -16,7 +16,10 @@
 # replaces only the base; round k replaces every stage by its round-k student.
 # Environment: PYTHON (default: python), TEACHER (default: shapes, the undistilled cascade),
 # ROUNDS (default 2), STEPS (distillation steps per round, default 1000), LR (peak learning
-# rate, default 3e-4; each student starts from its teacher's weights), JAX_COMPILATION_CACHE_DIR.
+# rate, default 3e-4; each student starts from its teacher's weights), JAX_COMPILATION_CACHE_DIR,
+# CHAINS (default "base sr"). Split over sessions: `CHAINS=base` runs only the base's rounds
+# (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR stages'; a later run with
+# both resumes the finished rounds at once and exports every round's cascade.
 set -euo pipefail
 
 ROOT=${1:?usage: tools/distill_demo.sh ROOT [extra t2v-distill flags]}
@@ -30,6 +33,12 @@ STEPS=${STEPS:-1000}
 LR=${LR:-3e-4}
 [[ "$ROUNDS" =~ ^[0-2]$ ]] || { echo "ROUNDS: 0, 1 or 2, got '$ROUNDS'" >&2; exit 2; }
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || { echo "STEPS: a positive integer, got '$STEPS'" >&2; exit 2; }
+CHAINS=${CHAINS:-base sr}
+for chain in $CHAINS; do
+  [[ "$chain" == base || "$chain" == sr ]] || { echo "CHAINS: 'base', 'sr' or both, got '$CHAINS'" >&2; exit 2; }
+done
+has_chain() { [[ " $CHAINS " == *" $1 "* ]]; }
+has_chain base || has_chain sr || { echo "CHAINS: 'base', 'sr' or both, got '$CHAINS'" >&2; exit 2; }
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
 
@@ -70,12 +79,17 @@ export_cascade() {  # export_cascade K RUN...: the teacher pipeline with each RU
     --overwrite "${runs[@]}"
 }
 
-base_rounds "$@" >> "$ROOT/base.log" 2>&1 &
-base_pid=$!
-sr_rounds "$@" >> "$ROOT/sr.log" 2>&1
-wait "$base_pid" || { echo "base rounds failed, see $ROOT/base.log" >&2; exit 1; }
-
-export_cascade 0 base_g
-(( ROUNDS >= 1 )) && export_cascade 1 base_p16 tsr_p8 ssr_p8 ssr2_p8
-(( ROUNDS >= 2 )) && export_cascade 2 base_p8 tsr_p4 ssr_p4 ssr2_p4
+if has_chain base; then
+  base_rounds "$@" >> "$ROOT/base.log" 2>&1 &
+  base_pid=$!
+fi
+has_chain sr && sr_rounds "$@" >> "$ROOT/sr.log" 2>&1
+if has_chain base; then
+  wait "$base_pid" || { echo "base rounds failed, see $ROOT/base.log" >&2; exit 1; }
+  export_cascade 0 base_g
+fi
+if has_chain base && has_chain sr; then
+  (( ROUNDS >= 1 )) && export_cascade 1 base_p16 tsr_p8 ssr_p8 ssr2_p8
+  (( ROUNDS >= 2 )) && export_cascade 2 base_p8 tsr_p4 ssr_p4 ssr2_p4
+fi
 echo "$(date -u +%FT%TZ) done"
