@@ -5,7 +5,11 @@
 #   tools/train_demo.sh ROOT [extra t2v-train flags, e.g. --config.train.num_steps=3]
 #
 # Every stage trains in ROOT/<stage> and resumes from there, so rerunning the same command after
-# a restart continues where it stopped (finished stages return at once). The SR stages read no
+# a restart continues where it stopped (finished stages return at once). Each SR stage trains in
+# two runs: from scratch in ROOT/<stage>_scratch (the config's schedule), then continued in
+# ROOT/<stage> from that run's weights (a warm start: fresh AdamW, $SR_CONTINUE_STEPS more steps
+# at peak lr 5e-4 after 50 warmup steps, cosine to 5%), which kept the squares' corners and the
+# colours the first run's weights lost (docs/demo.md). The SR stages read no
 # text, so they do not wait for the base stage's jointly trained T5: the base stage trains in
 # one process while TSR, SSR and then SSR2 train in another (each then gets about one core; the
 # base alone uses both: 0.77 steps/s vs 0.37 beside another job; logs in ROOT/<stage>.log, which a
@@ -17,7 +21,8 @@
 #   SR_ONLY=1 OUT=runs/sr tools/train_demo.sh ROOT   # TSR, SSR, SSR2 only -> an SR-only pipeline
 #   SR_FROM=runs/sr tools/train_demo.sh ROOT         # the base alone (both cores), then the
 #                                                    # export joins it to SR_FROM's stages
-# Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR, SR_ONLY, SR_FROM.
+# Environment: PYTHON (default: python), OUT, JAX_COMPILATION_CACHE_DIR, SR_ONLY, SR_FROM,
+# SR_CONTINUE_STEPS (default 1000; 0 skips the continued runs and exports the scratch ones).
 set -euo pipefail
 
 ROOT=${1:?usage: tools/train_demo.sh ROOT [extra t2v-train flags]}
@@ -26,17 +31,19 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CONFIG="$REPO/configs/shapes.py"
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-$REPO/t2v_jax/assets/shapes}
+SR_CONTINUE_STEPS=${SR_CONTINUE_STEPS:-1000}
+[[ "$SR_CONTINUE_STEPS" =~ ^[0-9]+$ ]] || { echo "SR_CONTINUE_STEPS: a count >= 0, got '$SR_CONTINUE_STEPS'" >&2; exit 2; }
 # Compiles of the train step take minutes on a small CPU; a restarted stage reuses them.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
 
-train_stage() {  # train_stage STAGE [flags]: one stage, resumed from ROOT/STAGE, timed
-  local stage=$1 start
-  shift
+train_stage() {  # train_stage STAGE RUN [flags]: one stage, resumed from ROOT/RUN, timed
+  local stage=$1 run=$2 start
+  shift 2
   start=$(date +%s)
-  echo "$(date -u +%FT%TZ) training $stage in $ROOT/$stage"
-  "$PYTHON" -m t2v_jax.cli.train --config="$CONFIG:$stage" --workdir="$ROOT/$stage" "$@"
-  echo "$stage $(( $(date +%s) - start )) s (this invocation; $(date -u +%FT%TZ))" >> "$ROOT/times.txt"
+  echo "$(date -u +%FT%TZ) training $stage in $ROOT/$run"
+  "$PYTHON" -m t2v_jax.cli.train --config="$CONFIG:$stage" --workdir="$ROOT/$run" "$@"
+  echo "$run $(( $(date +%s) - start )) s (this invocation; $(date -u +%FT%TZ))" >> "$ROOT/times.txt"
 }
 
 export_pipeline() {
@@ -44,8 +51,17 @@ export_pipeline() {
 }
 
 train_sr_stages() {
+  local stage
   for stage in tsr ssr ssr2; do
-    train_stage "$stage" "$@" >> "$ROOT/$stage.log" 2>&1
+    if (( SR_CONTINUE_STEPS == 0 )); then
+      train_stage "$stage" "$stage" "$@" >> "$ROOT/$stage.log" 2>&1
+      continue
+    fi
+    train_stage "$stage" "${stage}_scratch" "$@" >> "$ROOT/$stage.log" 2>&1
+    # The user's flags last, so that a smoke run's --config.train.num_steps=3 also applies here.
+    train_stage "$stage" "$stage" --config.train.init_from="$ROOT/${stage}_scratch" \
+      --config.train.num_steps="$SR_CONTINUE_STEPS" --config.train.learning_rate=5e-4 \
+      --config.train.warmup_steps=50 "$@" >> "$ROOT/$stage.log" 2>&1
   done
 }
 
@@ -57,11 +73,11 @@ elif [[ -n "${SR_ONLY:-}" ]]; then
   export_pipeline --stages tsr ssr ssr2 --out "$OUT" --params-dtype bfloat16
 elif [[ -n "${SR_FROM:-}" ]]; then
   [[ -f "$SR_FROM/pipeline.json" ]] || { echo "SR_FROM: no saved pipeline in $SR_FROM" >&2; exit 2; }
-  train_stage base "$@" >> "$ROOT/base.log" 2>&1
+  train_stage base base "$@" >> "$ROOT/base.log" 2>&1
   export_pipeline --stages base tsr ssr ssr2 --stage-from "tsr,ssr,ssr2=$SR_FROM" --out "$OUT" \
     --params-dtype bfloat16
 else
-  train_stage base "$@" >> "$ROOT/base.log" 2>&1 &
+  train_stage base base "$@" >> "$ROOT/base.log" 2>&1 &
   base_pid=$!
   train_sr_stages "$@"
   wait "$base_pid" || { echo "base stage failed, see $ROOT/base.log" >&2; exit 1; }
