@@ -65,7 +65,9 @@ def test_each_sr_stage_trains_from_scratch_then_continues_from_that_run(tmp_path
         assert f"--workdir={runs}/{stage} " in continued + " "
         assert f"--config.train.init_from={runs}/{stage}_scratch" in continued
         assert "--config.train.num_steps=1000" in continued
-    proc, trains, _ = _run(tmp_path / "runs", recording_python, SR_ONLY="1", SR_CONTINUE_STEPS="0")  # fmt: skip
+    one_run = tmp_path / "one_run"
+    one_run.mkdir()
+    proc, trains, _ = _run(one_run, recording_python, SR_ONLY="1", SR_CONTINUE_STEPS="0")
     assert proc.returncode == 0, proc.stderr
     assert [c.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for c in trains] == [
         "tsr",

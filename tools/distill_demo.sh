@@ -34,11 +34,12 @@ LR=${LR:-3e-4}
 [[ "$ROUNDS" =~ ^[0-2]$ ]] || { echo "ROUNDS: 0, 1 or 2, got '$ROUNDS'" >&2; exit 2; }
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || { echo "STEPS: a positive integer, got '$STEPS'" >&2; exit 2; }
 CHAINS=${CHAINS:-base sr}
+bad_chains() { echo "CHAINS: 'base', 'sr' or both, got '$CHAINS'" >&2; exit 2; }
 for chain in $CHAINS; do
-  [[ "$chain" == base || "$chain" == sr ]] || { echo "CHAINS: 'base', 'sr' or both, got '$CHAINS'" >&2; exit 2; }
+  [[ "$chain" == base || "$chain" == sr ]] || bad_chains
 done
 has_chain() { [[ " $CHAINS " == *" $1 "* ]]; }
-has_chain base || has_chain sr || { echo "CHAINS: 'base', 'sr' or both, got '$CHAINS'" >&2; exit 2; }
+has_chain base || has_chain sr || bad_chains  # CHAINS held only spaces
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
 
