@@ -85,3 +85,16 @@ def test_bad_split_settings_stop_before_training(tmp_path, recording_python, env
     proc, trains, exports = _run(tmp_path, recording_python, **env)
     assert proc.returncode == 2 and message in proc.stderr
     assert trains == [] and exports == []
+
+
+@pytest.mark.parametrize("run,env,message", [
+    ("tsr", {}, "a one-run SR run (no"),  # would resume as the continuation, at lr 5e-4
+    ("ssr2_scratch", {"SR_CONTINUE_STEPS": "0"}, "ROOT holds two-run SR stages"),
+])  # fmt: skip
+def test_sr_runs_of_the_other_recipe_stop_before_training(
+    tmp_path, recording_python, run, env, message
+):
+    (tmp_path / "runs" / run / "checkpoints").mkdir(parents=True)
+    proc, trains, exports = _run(tmp_path, recording_python, **env)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert trains == [] and exports == []

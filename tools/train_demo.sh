@@ -9,7 +9,9 @@
 # two runs: from scratch in ROOT/<stage>_scratch (the config's schedule), then continued in
 # ROOT/<stage> from that run's weights (a warm start: fresh AdamW, $SR_CONTINUE_STEPS more steps
 # at peak lr 5e-4 after 50 warmup steps, cosine to 5%), which kept the squares' corners and the
-# colours the first run's weights lost (docs/demo.md). The SR stages read no
+# colours the first run's weights lost (docs/demo.md); a ROOT whose SR runs were made the other
+# way (one run per stage, or SR_CONTINUE_STEPS=0 over two-run stages) stops before training.
+# The SR stages read no
 # text, so they do not wait for the base stage's jointly trained T5: the base stage trains in
 # one process while TSR, SSR and then SSR2 train in another (each then gets about one core; the
 # base alone uses both: 0.77 steps/s vs 0.37 beside another job; logs in ROOT/<stage>.log, which a
@@ -50,6 +52,23 @@ export_pipeline() {
   "$PYTHON" "$REPO/tools/export_pipeline.py" --config "$CONFIG" --workdir "$ROOT" --overwrite "$@"
 }
 
+check_sr_runs() {  # before anything trains: ROOT's SR runs were made by this recipe
+  local stage
+  for stage in tsr ssr ssr2; do
+    if (( SR_CONTINUE_STEPS > 0 )) && [[ -d "$ROOT/$stage" && ! -d "$ROOT/${stage}_scratch" ]]; then
+      # Resumed as the continuation, the one-run recipe's run would train on at lr 5e-4.
+      echo "$ROOT/$stage: a one-run SR run (no $ROOT/${stage}_scratch); move it to" \
+        "$ROOT/${stage}_scratch to continue it, or set SR_CONTINUE_STEPS=0" >&2
+      exit 2
+    elif (( SR_CONTINUE_STEPS == 0 )) && [[ -d "$ROOT/${stage}_scratch" ]]; then
+      # ROOT/<stage> is then the continued run, which the one-run recipe would train further.
+      echo "SR_CONTINUE_STEPS=0 but $ROOT/${stage}_scratch exists: ROOT holds two-run SR" \
+        "stages; use another ROOT or the default SR_CONTINUE_STEPS" >&2
+      exit 2
+    fi
+  done
+}
+
 train_sr_stages() {
   local stage
   for stage in tsr ssr ssr2; do
@@ -68,7 +87,9 @@ train_sr_stages() {
 if [[ -n "${SR_ONLY:-}" && -n "${SR_FROM:-}" ]]; then
   echo "SR_ONLY and SR_FROM: set one of them" >&2
   exit 2
-elif [[ -n "${SR_ONLY:-}" ]]; then
+fi
+[[ -n "${SR_FROM:-}" ]] || check_sr_runs
+if [[ -n "${SR_ONLY:-}" ]]; then
   train_sr_stages "$@"
   export_pipeline --stages tsr ssr ssr2 --out "$OUT" --params-dtype bfloat16
 elif [[ -n "${SR_FROM:-}" ]]; then
