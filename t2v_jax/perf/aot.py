@@ -126,9 +126,11 @@ def check_divisibility(
     model = configlib.from_config(UNetConfig, config.model, "model")
     problems = []
     names, size = _rule_size(rules, axes.BATCH, sizes)
-    if batch_size % size:
+    accum = int(config.get("train", {}).get("grad_accum_steps", 1))
+    if batch_size % (size * accum):
         problems.append(
             f"train.batch_size={batch_size} is not a multiple of the batch axes {names}={size}"
+            + (f" times train.grad_accum_steps={accum}" if accum > 1 else "")
         )
     for level, mult in enumerate(model.channel_mults):
         channels = model.base_channels * mult
@@ -290,7 +292,9 @@ def lower_train_step(
     task, train_cfg, optimizer, schedule, abstract_state, shardings, _ = _train_parts(
         config, mesh, rules, batch_size
     )
-    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
+    step_fn = step_lib.make_train_step(
+        task.loss_fn, optimizer, schedule, train_cfg.ema_decay, train_cfg.grad_accum_steps
+    )
     batch = _with_sharding(train_batch_spec(config, batch_size), mesh)
     jitted = step_lib.jit_train_step(step_fn, shardings, batch, mesh)
     return jitted.lower(abstract_state, batch), abstract_state, batch

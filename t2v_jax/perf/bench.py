@@ -201,7 +201,9 @@ def synthetic_train_step(
     init = state_lib.make_init_fn(task.init_params, optimizer)
     state, shardings, init_s = synthetic_train_state(init, optimizer, mesh, rules)
     batch = sharding.shard_host_batch(host_batch, mesh)
-    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
+    step_fn = step_lib.make_train_step(
+        task.loss_fn, optimizer, schedule, train_cfg.ema_decay, train_cfg.grad_accum_steps
+    )
     return step_lib.jit_train_step(step_fn, shardings, batch, mesh), state, batch, init_s
 
 

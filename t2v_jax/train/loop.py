@@ -256,10 +256,12 @@ def check_config(
     mesh_cfg = configlib.from_config(sharding.MeshConfig, config.get("mesh", {}), "mesh")
     data, fsdp, _ = mesh_cfg.resolve(num_devices)
     sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
-    if train_cfg.batch_size % (data * fsdp):
+    accum = train_cfg.grad_accum_steps
+    if train_cfg.batch_size % (data * fsdp * accum):
         raise ValueError(
             f"train.batch_size={train_cfg.batch_size} must be a multiple of the mesh's "
             f"data*fsdp={data * fsdp}"
+            + (f" times train.grad_accum_steps={accum}" if accum > 1 else "")
         )
     if train_cfg.batch_size % num_processes:
         raise ValueError(
@@ -320,7 +322,9 @@ def train(
         else:
             log.info("no checkpoint in %s; starting from scratch", ckpt.directory)
     config_json = configlib.to_dict(config)
-    step_fn = step_lib.make_train_step(task.loss_fn, optimizer, schedule, train_cfg.ema_decay)
+    step_fn = step_lib.make_train_step(
+        task.loss_fn, optimizer, schedule, train_cfg.ema_decay, train_cfg.grad_accum_steps
+    )
     jitted = None
     metrics_out = _Metrics(workdir, train_cfg.batch_size)
     step = start_step = int(distributed.to_host(state.step))

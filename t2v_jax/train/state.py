@@ -21,7 +21,13 @@ class TrainConfig:
     """Optimisation and loop settings of one stage (`config.train`).
 
     Fields:
-      batch_size: global batch (all hosts together); a multiple of the mesh's data*fsdp.
+      batch_size: global batch (all hosts together); a multiple of the mesh's data*fsdp times
+        `grad_accum_steps`.
+      grad_accum_steps: split each step's batch into this many microbatches, run one after
+        another (a `lax.scan`) and average their gradients before the one optimizer update:
+        activation memory of batch_size / grad_accum_steps examples for the optimisation of the
+        whole batch (e.g. under one example per chip on a big slice). The microbatches draw
+        their noise from `fold_in(step key, i)`, so a run's randomness depends on this setting.
       num_steps: total train steps (batches consumed, skipped ones included).
       learning_rate: peak learning rate of AdamW.
       warmup_steps: linear warmup from 0 to the peak.
@@ -52,6 +58,7 @@ class TrainConfig:
     """
 
     batch_size: int = 8
+    grad_accum_steps: int = 1
     num_steps: int = 1000
     learning_rate: float = 1e-4
     warmup_steps: int = 100
@@ -71,9 +78,14 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
-        for name in ("batch_size", "num_steps", "max_consecutive_skips"):
+        for name in ("batch_size", "grad_accum_steps", "num_steps", "max_consecutive_skips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} must be a multiple of "
+                f"train.grad_accum_steps={self.grad_accum_steps}"
+            )
         if self.warmup_steps < 0:
             raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.ema_decay < 1.0:

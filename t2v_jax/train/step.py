@@ -31,11 +31,35 @@ def _if_finite(finite: jax.Array, update: Callable[[Any], Any], operands: Any) -
     return jax.lax.cond(finite, update, lambda ops: ops[:-1], operands)
 
 
+def _accumulated(grad_fn, params, frozen, rng, batch, steps: int):
+    """((loss, aux), grads) averaged over `steps` microbatches of `batch`, one after another.
+
+    Microbatch i holds rows i, i + steps, i + 2 * steps, ... of every batch entry: a batch
+    sharded over its leading axis keeps each device's rows on that device (the [B] -> [B/steps,
+    steps] reshape splits each device's contiguous block), so no microbatch needs a reshuffle.
+    """
+
+    def split(x):  # [B, ...] -> [steps, B / steps, ...]
+        return jnp.moveaxis(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 1, 0)
+
+    def body(total, xs):
+        i, microbatch = xs
+        out = grad_fn(params, frozen, jax.random.fold_in(rng, i), microbatch)
+        return jax.tree.map(jnp.add, total, out), None
+
+    first = jax.tree.map(lambda x: x[0], jax.tree.map(split, batch))
+    shapes = jax.eval_shape(grad_fn, params, frozen, rng, first)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(steps), jax.tree.map(split, batch)))
+    return jax.tree.map(lambda t: t / steps, total)
+
+
 def make_train_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     lr_schedule: optax.Schedule,
     ema_decay: float,
+    grad_accum_steps: int = 1,
 ) -> StepFn:
     """Builds `train_step(state, batch) -> (state, metrics)`, a pure function to jit.
 
@@ -46,12 +70,22 @@ def make_train_step(
 
     Metrics (scalars): loss, grad_norm (before clipping), learning_rate (of this update),
     skipped (0/1), skipped_steps, consecutive_skips, and the loss's aux scalars.
+
+    With `grad_accum_steps` k > 1 the loss, aux and gradients are the means over k microbatches
+    of batch / k examples (`train.grad_accum_steps`); k = 1 is the plain step, unchanged.
     """
+    if grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, aux), grads = grad_fn(state.params, state.frozen, rng, batch)
+        if grad_accum_steps == 1:
+            (loss, aux), grads = grad_fn(state.params, state.frozen, rng, batch)
+        else:
+            (loss, aux), grads = _accumulated(
+                grad_fn, state.params, state.frozen, rng, batch, grad_accum_steps
+            )
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
