@@ -162,6 +162,7 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
             "cond_noise_min_t": 0.0,
             "cond_noise_max_t": 0.5,
             "distributed_init": "auto",
+            "grad_accum_steps": 1,  # microbatches per step (TrainConfig.grad_accum_steps)
             "init_from": ml_collections.config_dict.placeholder(str),
         }
     )

@@ -80,7 +80,7 @@ def get_config(arg: str = "ssr") -> ml_collections.ConfigDict:
          "adam_b1": 0.9, "adam_b2": 0.99, "adam_eps": 1e-8, "grad_clip_norm": 1.0,
          "ema_decay": 0.995, "max_consecutive_skips": 10, "train_text_encoder": False,
          "cond_noise_min_t": 0.0, "cond_noise_max_t": 0.25, "distributed_init": "auto",
-         "init_from": config_dict.placeholder(str)}
+         "init_from": config_dict.placeholder(str), "grad_accum_steps": 1}
     )  # fmt: skip
     config.checkpoint = ml_collections.ConfigDict(
         {"every_steps": 100, "keep": 2, "async_save": True}

@@ -222,7 +222,7 @@ class Pipeline:
                 known_method=known_method or "reconstruction",
                 project_x0=None
                 if cfg.data_consistency == "none"
-                else lambda x0: consistency.project(x0, low),
+                else lambda x0: consistency.project(x0, low, cfg.data_consistency),
             )
 
         batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)

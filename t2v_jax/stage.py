@@ -36,7 +36,9 @@ class StageConfig:
         sampling (noise conditioning augmentation; 0 = clean).
       data_consistency: "bicubic" projects every step's x0 estimate onto the videos whose
         Pillow-bicubic shrink is the input (`t2v_jax.diffusion.consistency`; spatial SR stages
-        whose input was made that way, e.g. real footage); "none" (default) leaves it.
+        whose input was made that way, e.g. real footage); "box" onto those whose area average
+        is the input (stages trained with `low_res_filter="box"`, the demo's); "none" (default)
+        leaves it.
       spatial_upsample, temporal_upsample: how the stage below is brought to this stage's size
         (must match what the stage was trained with).
       schedule: the log-SNR schedule, shared by sampling and the conditioning augmentation.
@@ -60,7 +62,7 @@ class StageConfig:
     thresholding: Literal["none", "static", "dynamic"] = "dynamic"
     dynamic_percentile: float = 0.995
     cond_noise_t: float = 0.0
-    data_consistency: Literal["none", "bicubic"] = "none"
+    data_consistency: Literal["none", "bicubic", "box"] = "none"
     spatial_upsample: Literal["bilinear", "nearest"] = "bilinear"
     temporal_upsample: Literal["repeat", "interpolate"] = "repeat"
     schedule: schedules.ScheduleConfig = dataclasses.field(default_factory=schedules.ScheduleConfig)

@@ -64,6 +64,27 @@ def test_projection_meets_the_input_and_keeps_what_the_input_cannot_see():
     assert abs(float(jnp.vdot(out - x0, null))) < 1e-3 * float(jnp.linalg.norm(null))
 
 
+def test_box_projection_matches_the_training_datas_area_average():
+    # D is transforms.box_downsample, the data pipeline's own (independent) code for the demo's
+    # SR inputs; D^+ repeats each input pixel over its block (the pseudo-inverse of an average
+    # of f equal weights is f times its transpose), so the projection is x0 plus the
+    # nearest-neighbour upsampled residual of the block means.
+    rng = np.random.default_rng(2)
+    x0 = rng.normal(size=(2, 3, 16, 24, 3)).astype(np.float32)
+    low = rng.normal(size=(2, 3, 8, 12, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        consistency.degrade(jnp.asarray(x0), (8, 12), "box"),
+        transforms.box_downsample(x0, 8, 12),
+        atol=1e-5,
+    )
+    out = np.asarray(consistency.project(jnp.asarray(x0), jnp.asarray(low), "box"))
+    residual = low - transforms.box_downsample(x0, 8, 12)
+    np.testing.assert_allclose(out, x0 + residual.repeat(2, axis=-3).repeat(2, axis=-2), atol=1e-5)
+    np.testing.assert_allclose(transforms.box_downsample(out, 8, 12), low, atol=1e-5)
+    with pytest.raises(ValueError, match="box_matrix: size 16 is not a multiple of low_size 6"):
+        consistency.box_matrix(16, 6)
+
+
 def _point_mass_model(target):
     """The exact v-model of data that is always `target`: x0_hat = target at every noise level."""
 

@@ -1,8 +1,10 @@
 """Data consistency for spatial super-resolution: keep each step's x0 estimate true to the input.
 
 A spatial SR stage is given y = D x, the low-resolution input made from the truth x by a known
-linear degradation D (here Pillow's antialiased bicubic shrink, the one `t2v-upsample`,
-`tools/eval_sr.py` and the `low_res_filter = "bicubic"` training data use). The model only sees
+linear degradation D: "bicubic", Pillow's antialiased bicubic shrink (the one `t2v-upsample`,
+`tools/eval_sr.py` and the `low_res_filter = "bicubic"` training data use), or "box", the area
+average of `low_res_filter = "box"` (the demo's SR stages; D^+ then repeats each low-resolution
+pixel over its block, so the projection sets every block's mean to the input's). The model only sees
 y through its conditioning, so a sample may drift from it: too dark, shifted colours, blurred
 edges in the wrong place. Projecting every step's x0 estimate onto {x : D x = y},
 
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MODES = ("none", "bicubic")
+MODES = ("none", "bicubic", "box")
 
 
 def check_mode(mode: str, name: str = "data_consistency") -> None:
@@ -47,28 +49,44 @@ def bicubic_matrix(size: int, low_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _pinv(size: int, low_size: int) -> np.ndarray:
-    d = bicubic_matrix(size, low_size)
+def box_matrix(size: int, low_size: int) -> np.ndarray:
+    """[low_size, size] float64: the area average of one axis from `size` to `low_size`."""
+    if low_size < 1 or size % low_size:
+        raise ValueError(f"box_matrix: size {size} is not a multiple of low_size {low_size}")
+    factor = size // low_size
+    return np.kron(np.eye(low_size), np.full((1, factor), 1.0 / factor))
+
+
+def _matrix(kind: str, size: int, low_size: int) -> np.ndarray:
+    if kind not in MODES[1:]:
+        raise ValueError(f"data consistency: {kind!r} is not one of {', '.join(MODES[1:])}")
+    return (bicubic_matrix if kind == "bicubic" else box_matrix)(size, low_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _pinv(kind: str, size: int, low_size: int) -> np.ndarray:
+    d = _matrix(kind, size, low_size)
     return d.T @ np.linalg.inv(d @ d.T)  # [size, low_size]
 
 
-def degrade(x: jax.Array, low_hw: tuple[int, int]) -> jax.Array:
-    """D x: [..., H, W, C] -> [..., h, w, C] by the bicubic matrices (float, no rounding)."""
+def degrade(x: jax.Array, low_hw: tuple[int, int], kind: str = "bicubic") -> jax.Array:
+    """D x: [..., H, W, C] -> [..., h, w, C] by the `kind` matrices (float, no rounding)."""
     h, w = low_hw
-    dh = jnp.asarray(bicubic_matrix(x.shape[-3], h), x.dtype)
-    dw = jnp.asarray(bicubic_matrix(x.shape[-2], w), x.dtype)
+    dh = jnp.asarray(_matrix(kind, x.shape[-3], h), x.dtype)
+    dw = jnp.asarray(_matrix(kind, x.shape[-2], w), x.dtype)
     return jnp.einsum("hH,...HWc,wW->...hwc", dh, x, dw)
 
 
-def project(x0: jax.Array, low: jax.Array) -> jax.Array:
+def project(x0: jax.Array, low: jax.Array, kind: str = "bicubic") -> jax.Array:
     """x0 + D^+ (low - D x0): the point of {x : D x = low} nearest to x0.
 
     Args:
       x0: [..., H, W, C] the estimate (any leading axes, e.g. [B, T]).
       low: [..., h, w, C] the low-resolution input, same leading axes and data range.
+      kind: the degradation D, "bicubic" or "box".
     """
     h, w = low.shape[-3], low.shape[-2]
-    residual = low.astype(x0.dtype) - degrade(x0, (h, w))
-    ph = jnp.asarray(_pinv(x0.shape[-3], h), x0.dtype)
-    pw = jnp.asarray(_pinv(x0.shape[-2], w), x0.dtype)
+    residual = low.astype(x0.dtype) - degrade(x0, (h, w), kind)
+    ph = jnp.asarray(_pinv(kind, x0.shape[-3], h), x0.dtype)
+    pw = jnp.asarray(_pinv(kind, x0.shape[-2], w), x0.dtype)
     return x0 + jnp.einsum("Hh,...hwc,Ww->...HWc", ph, residual, pw)
