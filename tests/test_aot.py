@@ -364,3 +364,29 @@ def test_paper_table_merges_separately_compiled_train_and_sampler_reports():
         assert merged[key] == both[key], key
     assert sorted(merged["compile_s"]) == sorted(both["compile_s"])
     assert merged["host"] == {"wall_s": 2.0, "peak_rss_gib": 3.0, "commit": "abc"}
+
+
+def test_a_loop_body_counts_once_in_cost_analysis_and_per_step_cost_counts_every_trip():
+    # The compiler's cost analysis of a k-trip scan reports one body (so an accumulated train
+    # step reports one microbatch); per_step_cost multiplies it back. Reference: the same k
+    # matmuls unrolled, which the analysis counts in full.
+    import jax.numpy as jnp
+
+    w = jnp.ones((64, 64))
+
+    def looped(c):
+        return jax.lax.scan(lambda c, _: (c @ w, None), c, None, length=4)[0]
+
+    def unrolled(c):
+        for _ in range(4):
+            c = c @ w
+        return c
+
+    def cost(fn):
+        return aot._cost(jax.jit(fn).lower(w).compile())
+
+    once, full = cost(looped), cost(unrolled)
+    assert once["flops"] < 0.3 * full["flops"]  # the analysis saw one trip of four
+    scaled = aot.per_step_cost(once, 4)
+    assert abs(scaled["flops"] / full["flops"] - 1) < 0.01 and scaled["loop_trips"] == 4
+    assert aot.per_step_cost(once, 1) is once

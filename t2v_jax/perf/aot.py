@@ -196,6 +196,20 @@ def _memory(compiled: Any) -> dict[str, int]:
     return out
 
 
+def per_step_cost(cost: dict[str, float], loop_trips: int) -> dict[str, float]:
+    """A train step's cost with its microbatch loop counted `loop_trips` times.
+
+    XLA's cost analysis counts a while loop's body once, whatever its trip count, so with
+    `train.grad_accum_steps` k the compiled step reports one microbatch's FLOPs and bytes.
+    Everything is multiplied by k: the optimizer update outside the loop is then counted k
+    times too (small next to k forward/backward passes), so the figure is an upper bound.
+    """
+    if loop_trips == 1 or not cost:
+        return cost
+    scaled = {k: v * loop_trips for k, v in cost.items() if k in ("flops", "bytes_accessed")}
+    return {**cost, **scaled, "loop_trips": loop_trips}
+
+
 def _cost(compiled: Any) -> dict[str, float]:
     """One chip's FLOPs and HBM bytes accessed, from the compiler's cost analysis.
 
@@ -503,7 +517,8 @@ def preflight(
             lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)
             compiled = lowered.compile()
             timings["train_step"] = time.perf_counter() - start
-            train_mem, train_cost = _memory(compiled), _cost(compiled)
+            accum = int(config.get("train", {}).get("grad_accum_steps", 1))
+            train_mem, train_cost = _memory(compiled), per_step_cost(_cost(compiled), accum)
         else:
             abstract_state = _train_parts(config, mesh, rules, batch_size)[4]
         if text_encoder:
