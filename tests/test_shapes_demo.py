@@ -268,3 +268,18 @@ def test_warm_start_from_a_saved_pipeline(tmp_path):
     assert int(warm.step) == 0
     with pytest.raises(ValueError, match=r"train.init_from=.*has no stage 'ssr'"):
         loop._warm_start(fresh, str(tmp_path / "pipeline"), ckpt_cfg, "ssr")
+
+
+def test_shipped_shapes_samples_as_its_config_says():
+    # The built-in pipeline carries its own sampling settings; a change to configs/shapes.py's
+    # sampling (or a re-export that loses it) must not leave the two disagreeing.
+    from t2v_jax.pipeline_store import load_pipeline
+    from t2v_jax.stage import SAMPLING_FIELDS
+
+    shipped = load_pipeline("shapes")
+    export = _tool("export_pipeline")
+    assert [s.config.name for s in shipped.stages] == list(STAGES)
+    for stage in shipped.stages:
+        want = export.sampling_stage_config(load_config(f"{SHAPES}:{stage.config.name}"))
+        for field in SAMPLING_FIELDS:
+            assert getattr(stage.config, field) == getattr(want, field), (stage.config.name, field)
