@@ -11,14 +11,12 @@
 # at peak lr 5e-4 after 50 warmup steps, cosine to 5%), which kept the squares' corners and the
 # colours the first run's weights lost (docs/demo.md); a ROOT whose SR runs were made the other
 # way (one run per stage, or SR_CONTINUE_STEPS=0 over two-run stages) stops before training.
-# The SR stages read no
-# text, so they do not wait for the base stage's jointly trained T5: the base stage trains in
-# one process while TSR, SSR and then SSR2 train in another (each then gets about one core; the
-# base alone uses both: 0.77 steps/s vs 0.37 beside another job; logs in ROOT/<stage>.log, which a
-# rerun appends to). Finally
-# the EMA params of all stages are saved as a pipeline (bf16) in $OUT
-# (default: t2v_jax/assets/shapes, the package's built-in "shapes" pipeline). Wall times of
-# each finished stage invocation go to ROOT/times.txt.
+# The SR stages read no text, so they do not wait for the base stage's jointly trained T5: the
+# base stage trains in one process while TSR, SSR and then SSR2 train in another (each then gets
+# about one core; the base alone uses both: 0.77 steps/s vs 0.37 beside another job; logs in
+# ROOT/<stage>.log, which a rerun appends to). Finally the EMA params of all stages are saved as
+# a pipeline (bf16) in $OUT (default: t2v_jax/assets/shapes, the package's built-in "shapes"
+# pipeline). Wall times of each finished stage invocation go to ROOT/times.txt.
 # Split over sessions (each stage must finish within one, and only the repository survives):
 #   SR_ONLY=1 OUT=runs/sr tools/train_demo.sh ROOT   # TSR, SSR, SSR2 only -> an SR-only pipeline
 #   SR_FROM=runs/sr tools/train_demo.sh ROOT         # the base alone (both cores), then the

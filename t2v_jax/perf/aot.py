@@ -106,6 +106,10 @@ def _rule_size(rules: sharding.Rules, logical: str, sizes: Mapping[str, int]) ->
     return "*".join(targets), math.prod(sizes[t] for t in targets)
 
 
+def _grad_accum_steps(config: ml_collections.ConfigDict) -> int:
+    return int(config.get("train", {}).get("grad_accum_steps", 1))
+
+
 def check_divisibility(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, rules: sharding.Rules,
     batch_size: int,
@@ -126,7 +130,7 @@ def check_divisibility(
     model = configlib.from_config(UNetConfig, config.model, "model")
     problems = []
     names, size = _rule_size(rules, axes.BATCH, sizes)
-    accum = int(config.get("train", {}).get("grad_accum_steps", 1))
+    accum = _grad_accum_steps(config)
     if batch_size % (size * accum):
         problems.append(
             f"train.batch_size={batch_size} is not a multiple of the batch axes {names}={size}"
@@ -517,8 +521,8 @@ def preflight(
             lowered, abstract_state, _ = lower_train_step(config, mesh, rules, batch_size)
             compiled = lowered.compile()
             timings["train_step"] = time.perf_counter() - start
-            accum = int(config.get("train", {}).get("grad_accum_steps", 1))
-            train_mem, train_cost = _memory(compiled), per_step_cost(_cost(compiled), accum)
+            train_mem = _memory(compiled)
+            train_cost = per_step_cost(_cost(compiled), _grad_accum_steps(config))
         else:
             abstract_state = _train_parts(config, mesh, rules, batch_size)[4]
         if text_encoder:

@@ -47,10 +47,11 @@ def _accumulated(grad_fn, params, frozen, rng, batch, steps: int):
         out = grad_fn(params, frozen, jax.random.fold_in(rng, i), microbatch)
         return jax.tree.map(jnp.add, total, out), None
 
-    first = jax.tree.map(lambda x: x[0], jax.tree.map(split, batch))
+    microbatches = jax.tree.map(split, batch)
+    first = jax.tree.map(lambda x: x[0], microbatches)
     shapes = jax.eval_shape(grad_fn, params, frozen, rng, first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    total, _ = jax.lax.scan(body, zeros, (jnp.arange(steps), jax.tree.map(split, batch)))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(steps), microbatches))
     return jax.tree.map(lambda t: t / steps, total)
 
 
