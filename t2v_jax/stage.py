@@ -37,8 +37,9 @@ class StageConfig:
       data_consistency: "bicubic" projects every step's x0 estimate onto the videos whose
         Pillow-bicubic shrink is the input (`t2v_jax.diffusion.consistency`; spatial SR stages
         whose input was made that way, e.g. real footage); "box" onto those whose area average
-        is the input (stages trained with `low_res_filter="box"`, the demo's); "none" (default)
-        leaves it.
+        is the input (stages trained with `low_res_filter="box"`, the demo's); "frames" (temporal
+        SR stages) puts the input's frames back in their places (every frames // low_frames-th,
+        as the training data took them); "none" (default) leaves it.
       spatial_upsample, temporal_upsample: how the stage below is brought to this stage's size
         (must match what the stage was trained with).
       schedule: the log-SNR schedule, shared by sampling and the conditioning augmentation.
@@ -62,7 +63,7 @@ class StageConfig:
     thresholding: Literal["none", "static", "dynamic"] = "dynamic"
     dynamic_percentile: float = 0.995
     cond_noise_t: float = 0.0
-    data_consistency: Literal["none", "bicubic", "box"] = "none"
+    data_consistency: Literal["none", "bicubic", "box", "frames"] = "none"
     spatial_upsample: Literal["bilinear", "nearest"] = "bilinear"
     temporal_upsample: Literal["repeat", "interpolate"] = "repeat"
     schedule: schedules.ScheduleConfig = dataclasses.field(default_factory=schedules.ScheduleConfig)
@@ -80,13 +81,24 @@ class StageConfig:
         if not 0.0 <= self.cond_noise_t <= 1.0:
             raise ValueError(f"stage {self.name}: cond_noise_t must be in [0, 1]")
         consistency.check_mode(self.data_consistency, f"stage {self.name}: data_consistency")
-        if self.data_consistency != "none" and (
+        if self.data_consistency in consistency.SPATIAL_MODES and (
             self.kind != "ssr" or self.frames != self.low_frames
         ):
             raise ValueError(
                 f"stage {self.name}: data_consistency={self.data_consistency!r} needs a spatial "
                 f"SR stage (kind 'ssr', frames == low_frames), got kind {self.kind!r} with "
                 f"{self.low_frames} -> {self.frames} frames"
+            )
+        if self.data_consistency == "frames" and (
+            self.kind != "tsr"
+            or (self.height, self.width) != (self.low_height, self.low_width)
+            or self.frames % self.low_frames
+        ):
+            raise ValueError(
+                f"stage {self.name}: data_consistency='frames' needs a temporal SR stage (kind "
+                "'tsr', the same height and width as its input, frames a multiple of "
+                f"low_frames), got kind {self.kind!r}, {self.low_frames}x{self.low_height}x"
+                f"{self.low_width} -> {self.frames}x{self.height}x{self.width}"
             )
 
     @property

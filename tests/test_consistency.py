@@ -1,5 +1,6 @@
-"""Data consistency for spatial SR: the bicubic operator against closed forms and Pillow, the
-projection's algebra, and the sampler using it (the pipeline's use: tests/test_video_in.py)."""
+"""Data consistency for SR: the bicubic operator against closed forms and Pillow, the
+projection's algebra, the temporal one against the generic pseudo-inverse, and the sampler
+using it (the pipeline's use: tests/test_video_in.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,30 @@ def test_box_projection_matches_the_training_datas_area_average():
         consistency.box_matrix(16, 6)
 
 
+@pytest.mark.parametrize("frames,low_frames", [(8, 4), (12, 4), (5, 5)])
+def test_frames_projection_is_the_frame_selections_pseudo_inverse(frames, low_frames):
+    # A TSR stage's input is every k-th frame (the data pipeline's `video[::k]`, checked in
+    # tests/test_data_pipeline.py); with D that selection as a matrix over time, the generic
+    # x0 + pinv(D) (y - D x0) (numpy's SVD pseudo-inverse) is what "frames" must return.
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=(2, frames, 4, 6, 3)).astype(np.float32)
+    low = rng.normal(size=(2, low_frames, 4, 6, 3)).astype(np.float32)
+    d = np.eye(frames)[:: frames // low_frames]  # [t, T]
+    want = x0 + np.einsum(
+        "Tt,btHWc->bTHWc", np.linalg.pinv(d), low - np.einsum("tT,bTHWc->btHWc", d, x0)
+    )
+    got = np.asarray(consistency.project(jnp.asarray(x0), jnp.asarray(low), "frames"))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(got[:, :: frames // low_frames], low)
+
+
+def test_frames_projection_refuses_inputs_it_cannot_place():
+    x0 = jnp.zeros((1, 8, 4, 4, 3))
+    for low in (jnp.zeros((1, 3, 4, 4, 3)), jnp.zeros((1, 4, 2, 2, 3))):
+        with pytest.raises(ValueError, match="data consistency 'frames': x0"):
+            consistency.project(x0, low, "frames")
+
+
 def _point_mass_model(target):
     """The exact v-model of data that is always `target`: x0_hat = target at every noise level."""
 
@@ -125,3 +150,11 @@ def test_stage_config_refuses_data_consistency_where_it_cannot_apply():
     with pytest.raises(ValueError, match="data_consistency='bicubic' needs a spatial SR stage"):
         StageConfig(kind="tsr", low_frames=4, data_consistency="bicubic", **kw)
     StageConfig(kind="ssr", low_frames=8, data_consistency="bicubic", **kw)
+    with pytest.raises(ValueError, match="data_consistency='frames' needs a temporal SR stage"):
+        StageConfig(kind="ssr", low_frames=8, data_consistency="frames", **kw)
+    with pytest.raises(ValueError, match="data_consistency='frames' needs a temporal SR stage"):
+        StageConfig(kind="tsr", low_frames=4, data_consistency="frames", **kw)  # 8x8 -> 16x16
+    kw.update(low_height=16, low_width=16)
+    with pytest.raises(ValueError, match="data_consistency='frames' needs a temporal SR stage"):
+        StageConfig(kind="tsr", low_frames=3, data_consistency="frames", **kw)
+    StageConfig(kind="tsr", low_frames=4, data_consistency="frames", **kw)

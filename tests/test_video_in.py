@@ -271,3 +271,21 @@ def test_an_sr_stage_with_data_consistency_projects_each_step_onto_its_input(pip
         for mode, v in outs.items()
     }
     assert shrink_err["bicubic"] < shrink_err["none"] / 2, shrink_err
+
+
+def test_a_tsr_stage_with_frames_consistency_keeps_its_input_frames(pipe):
+    # The tiny TSR stage (4 -> 8 frames, 8x8) with data_consistency="frames" returns the given
+    # clip's frames in the places the training data took them from (every 2nd frame), to within
+    # the uint8 rounding; without it the model redraws them.
+    stage = pipe.stages[1]
+    assert (stage.config.low_frames, stage.config.frames) == (4, 8)
+    clip = np.random.default_rng(4).integers(40, 220, (4, 8, 8, 3), dtype=np.uint8)
+    err = {}
+    for mode in ("frames", "none"):
+        config = dataclasses.replace(stage.config, data_consistency=mode)
+        tsr = cascade.Pipeline(pipe.text_encoder, [dataclasses.replace(stage, config=config)],
+                               mesh=pipe.mesh)  # fmt: skip
+        out = tsr.sample("a red circle", init_video=clip, seed=3, num_steps=2, progress=False)
+        assert out.shape == (1, 8, 8, 8, 3)
+        err[mode] = np.abs(out[0, ::2].astype(int) - clip).max()
+    assert err["frames"] <= 1 and err["none"] > 20, err

@@ -1,4 +1,4 @@
-"""Data consistency for spatial super-resolution: keep each step's x0 estimate true to the input.
+"""Data consistency for super-resolution: keep each step's x0 estimate true to the input.
 
 A spatial SR stage is given y = D x, the low-resolution input made from the truth x by a known
 linear degradation D: "bicubic", Pillow's antialiased bicubic shrink (the one `t2v-upsample`,
@@ -14,6 +14,10 @@ replaces the part of x0 that D sees (its low frequencies) by the input's and kee
 cannot see (the detail the model adds), as in range-null-space decomposition samplers (Wang et
 al. 2022, DDNM). D is separable, D = D_h (x) D_w, so D^+ = D_h^+ (x) D_w^+ and each is a small
 matrix applied along one axis. The samplers take it as `project_x0` (samplers.sample_steps).
+
+A temporal SR stage's input is every k-th frame of the truth (`t2v_jax.data.pipeline`: `low_res
+= video[::k]`), so D selects frames, D^+ = D^T, and the projection ("frames") puts the input's
+frames back in their places and leaves the model's frames between them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MODES = ("none", "bicubic", "box")
+MODES = ("none", "bicubic", "box", "frames")
+SPATIAL_MODES = ("bicubic", "box")  # the ones a spatial SR stage takes; "frames": temporal SR
 
 
 def check_mode(mode: str, name: str = "data_consistency") -> None:
@@ -58,8 +63,8 @@ def box_matrix(size: int, low_size: int) -> np.ndarray:
 
 
 def _matrix(kind: str, size: int, low_size: int) -> np.ndarray:
-    if kind not in MODES[1:]:
-        raise ValueError(f"data consistency: {kind!r} is not one of {', '.join(MODES[1:])}")
+    if kind not in SPATIAL_MODES:
+        raise ValueError(f"data consistency: {kind!r} is not one of {', '.join(SPATIAL_MODES)}")
     return (bicubic_matrix if kind == "bicubic" else box_matrix)(size, low_size)
 
 
@@ -81,10 +86,20 @@ def project(x0: jax.Array, low: jax.Array, kind: str = "bicubic") -> jax.Array:
     """x0 + D^+ (low - D x0): the point of {x : D x = low} nearest to x0.
 
     Args:
-      x0: [..., H, W, C] the estimate (any leading axes, e.g. [B, T]).
-      low: [..., h, w, C] the low-resolution input, same leading axes and data range.
-      kind: the degradation D, "bicubic" or "box".
+      x0: [..., H, W, C] the estimate (any leading axes, e.g. [B, T]); for "frames"
+        [..., T, H, W, C].
+      low: [..., h, w, C] the low-resolution input, same leading axes and data range; for
+        "frames" [..., t, H, W, C] with T a multiple of t.
+      kind: the degradation D, "bicubic", "box" or "frames" (every T // t-th frame).
     """
+    if kind == "frames":
+        frames, low_frames = x0.shape[-4], low.shape[-4]
+        if low_frames < 1 or frames % low_frames or x0.shape[-3:] != low.shape[-3:]:
+            raise ValueError(
+                f"data consistency 'frames': x0 {x0.shape} is not a whole number of input "
+                f"{low.shape}'s frames of the same size"
+            )
+        return x0.at[..., :: frames // low_frames, :, :, :].set(low.astype(x0.dtype))
     h, w = low.shape[-3], low.shape[-2]
     residual = low.astype(x0.dtype) - degrade(x0, (h, w), kind)
     ph = jnp.asarray(_pinv(kind, x0.shape[-3], h), x0.dtype)
