@@ -272,17 +272,40 @@ def test_paper_table_scales_another_chips_rows_by_their_measured_temporaries(tmp
     path = tmp_path / "cache.json"
     path.write_text(json.dumps(cache))
     table.main(["--stages", "base", "--slices", "v5p-128,v5e-256", "--cache", str(path)])
-    rows = {r.split("|")[2].strip(): r.split("|") for r in capsys.readouterr().out.splitlines()
+    rows = {(r.split("|")[2].strip(), r.split("|")[4].strip()): r.split("|")
+            for r in capsys.readouterr().out.splitlines()
             if r.startswith("| base |") and "| train" in r}  # fmt: skip
     pad = 768 / 704
     temp = lambda row: float(row[7].split()[0])
     v5p = 4 * 10 * pad + 1.0  # 4 samples per chip, padded; 1x the chip's 1 GiB share
-    assert temp(rows["v5p:4x4x4 (64)"]) == pytest.approx(v5p, abs=0.01)
-    assert temp(rows["v5e:16x16 (256)"]) == pytest.approx(1.5 * (10 * pad + 1.0), abs=0.01)
-    assert "x 1.50/1.00 (v5e" in rows["v5e:16x16 (256)"][12]
+    assert temp(rows["v5p:4x4x4 (64)", "train"]) == pytest.approx(v5p, abs=0.01)
+    v5e = rows["v5e:16x16 (256)", "train"]
+    assert temp(v5e) == pytest.approx(1.5 * (10 * pad + 1.0), abs=0.01)
+    assert "x 1.50/1.00 (v5e" in v5e[12]
+    assert "split each sample over tensor=2 (next row)" in v5e[11]  # 20.4 + 4 > 16
+    # The next row: half a sample's activations (352 -> 384 channels padded) plus the chip's
+    # params share twice (gradients, and the accumulator), on data,fsdp,tensor = 2,64,2 with
+    # the paper base's 11 heads of 64 channels made 8 of 88.
+    split = rows["v5e:16x16 (256)", "train, tensor=2 (extrap.)"]
+    assert temp(split) == pytest.approx(1.5 * (0.5 * 10 * 384 / 352 + 2.0), abs=0.01)
+    assert split[3].strip() == "2,64,2" and split[9].strip() == "yes"
+    assert "model.head_dim=88, train.grad_accum_steps=2" in split[11]
+
+
+def test_paper_table_splits_a_sample_over_tensor_only_where_the_config_allows():
+    table = _paper_table()
+    paper = "configs/imagen_video.py"
+    # 704, 1408, 2816 channels: 64-channel heads give 11 per level at 704, odd; 88 gives 8.
+    assert table.tensor_split(paper, "base", 256, 64) == {
+        "mesh": [2, 64, 2], "overrides": {"model.head_dim": 88}
+    }  # fmt: skip
+    assert table.tensor_split(paper, "tsr1", 256, 64) == {"mesh": [2, 64, 2], "overrides": {}}
+    # ssr2's 160 channels do not split over fsdp=64 at all, whatever the heads.
     assert (
-        "mesh tensor=2 with train.grad_accum_steps=2" in rows["v5e:16x16 (256)"][11]
-    )  # 20.4 + 4 > 16
+        "160 channels) is not divisible by conv_in's mesh axes fsdp=64"
+        in (table.tensor_split(paper, "ssr2", 256, 64)["error"])
+    )
+    assert table.padding_factor(paper, "base", split=2) == pytest.approx(384 / 352)
 
 
 def test_paper_table_compiles_unpadded_widths_and_bounds_a_single_full_width_point():

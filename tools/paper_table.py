@@ -33,8 +33,11 @@ train step 18 min at 1/32; every compile needs ~10 GB of host memory), so each r
   * a roofline step time max(FLOPs / peak, bytes / HBM bandwidth) from t2v_jax/perf/chips.py
     (collectives not counted: an upper bound on speed).
 Where a training row does not fit, the tool halves the per-chip batch until it does and shows
-that setting (the knobs: train.batch_size, model.remat, the mesh's fsdp); a sampling row whose
-replicated params do not fit is shown with Pipeline(param_sharding="sharded").
+that setting; at one sample per chip the knob left is splitting each sample over `tensor`, and
+the next row shows that setting (mesh data,fsdp,2 with train.grad_accum_steps=2, and the
+head_dim that gives every level an even head count where the config's does not), its
+temporaries extrapolated as half a sample's activations plus a gradient accumulator. A sampling
+row whose replicated params do not fit is shown with Pipeline(param_sharding="sharded").
 
   python tools/paper_table.py --slices v5p-128,v5e-256 --widths 128,256 --check base:384 \
       > table.md
@@ -99,10 +102,10 @@ def _args(argv):
 
 
 PROGRAMS = ("train", "sampler")  # compiled in separate processes: one alone needs up to ~20 GB
-# A train row that does not fit at one sample per chip: the knobs left, not compiled at this
-# scale (docs/tpu_preflight.md has their small-scale TPU compiles).
-NO_FIT = ("does not fit at 1 sample/chip: mesh tensor=2 with train.grad_accum_steps=2 (half a "
-          "sample's activations per chip), or model.remat='offload'")  # fmt: skip
+# A train row that does not fit at one sample per chip: the knob left is splitting each sample
+# over `tensor` (with gradient accumulation, half a sample's activations per chip); the row
+# after it shows that setting, extrapolated (docs/tpu_preflight.md has its small-scale compiles).
+NO_FIT = "does not fit at 1 sample/chip: split each sample over tensor=2 (next row)"
 
 
 def _compile(config: str, stage: str, small: str, channels: int, program: str) -> dict:
@@ -172,13 +175,56 @@ def stage_widths(config_path: str, stage: str, widths: list[int]) -> list[int]:
     return below if len(below) >= 2 else [*below, full]
 
 
-def padding_factor(config_path: str, stage: str) -> float:
-    """The most any level's channels grow when padded to the TPU's 128-lane tiles (704 -> 768)."""
+def padding_factor(config_path: str, stage: str, split: int = 1) -> float:
+    """The most any level's channels grow when padded to the TPU's 128-lane tiles (704 -> 768);
+    `split`: each chip holding 1/split of every level's channels (a `tensor` axis)."""
     from t2v_jax import configlib
 
     model = configlib.load_config(f"{config_path}:{stage}").model
-    levels = [model.base_channels * m for m in model.channel_mults]
+    levels = [model.base_channels * m // split for m in model.channel_mults]
     return max(-(-c // 128) * 128 / c for c in levels)
+
+
+def tensor_split(config_path: str, stage: str, chips: int, fsdp: int) -> dict:
+    """How one stage splits every sample over tensor=2 on `chips` chips: the mesh and overrides.
+
+    Heads shard over `tensor`, so each level needs an even head count: where the config's
+    `head_dim` gives an odd one (the paper base: 704 / 64 = 11), the nearest head_dim (a
+    multiple of 8, for the TPU's lanes) that divides every level into an even number of heads
+    is proposed. The mesh keeps the state's fsdp (the largest every sharded width divides) and
+    gives `data` the rest: three axes > 1 where chips > 2 * fsdp (docs/architecture.md names a
+    known XLA:CPU problem with that case; unknown on TPU). Nothing compiles: `aot.check_divisibility`.
+    Returns {"mesh": [data, fsdp, 2], "overrides": {key: value}} or {"error": str}.
+    """
+    from jax.sharding import AbstractMesh, AxisType
+
+    from t2v_jax import configlib, sharding
+    from t2v_jax.perf import aot
+
+    config = configlib.load_config(f"{config_path}:{stage}")
+    rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
+    if chips % (2 * fsdp):
+        return {"error": f"{chips} chips do not split into fsdp={fsdp} x tensor=2"}
+    mesh = [chips // (2 * fsdp), fsdp, 2]
+    abstract = AbstractMesh(tuple(mesh), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    model = config.model
+    levels = [model.base_channels * m for m in model.channel_mults]
+    head_dims = [model.get("head_dim")]
+    if head_dims[0]:
+        even = [h for h in range(8, max(levels) + 1, 8)
+                if all(c % h == 0 and (c // h) % 2 == 0 for c in levels)]  # fmt: skip
+        head_dims += sorted(even, key=lambda h: (abs(h - head_dims[0]), h))[:1]
+    error = None
+    for head_dim in head_dims:
+        overrides = {} if head_dim == model.get("head_dim") else {"model.head_dim": head_dim}
+        with config.unlocked():
+            config.model.head_dim = head_dim
+        try:
+            aot.check_divisibility(config, abstract, rules, int(config.train.batch_size))
+            return {"mesh": mesh, "overrides": overrides}
+        except aot.PreflightError as e:
+            error = error or str(e).splitlines()[-1].strip()
+    return {"error": error}
 
 
 def _chip_count(name: str) -> int:
@@ -430,9 +476,13 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
             roof = chips.roofline(train["flops"], train["bytes_accessed"], topo.chip)
             mesh = ",".join(map(str, state["mesh"]))
             bound = " (upper bound)" if train["bound"] else ""
+            held = state["params"] + state["ema"] + state["opt"]
             rows.append(_row(stage, topo, mesh, "train" + bound, f"{per_chip * n} ({per_chip})",
-                             state["params"] + state["ema"] + state["opt"], train["temp"], total,
+                             held, train["temp"], total,
                              roof, fixed or ("" if total <= topo.chip.hbm_bytes else NO_FIT), law))  # fmt: skip
+            if total > topo.chip.hbm_bytes:
+                rows.append(_split_row(args.config, stage, topo, state, reports, ratio, train,
+                                       held, law))  # fmt: skip
             resident, fix = state["params_replicated"], ""
             sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
             if resident + sample["temp"] * ratio["sampler"] > topo.chip.hbm_bytes:
@@ -505,6 +555,31 @@ def state_table(config, stages, slices, cache) -> str:
                 f"{st['params'] / GiB:.2f} GiB | {fits} |"
             )
     return "\n".join(rows)
+
+
+def _split_row(config_path, stage, topo, state, reports, ratio, one_sample, held, law) -> str:
+    """The train row of a stage split over tensor=2 with 2 accumulated microbatches: each chip
+    holds half a sample's activations (the law's activation term times 1/2, padded at half the
+    channels) plus a gradient accumulator (one more fp32 copy of its params share); it does the
+    same work per step as at one sample per chip. Extrapolated, not compiled at this scale;
+    params + EMA + AdamW are the fsdp share, an upper bound (tensor splits some further)."""
+    from t2v_jax.perf import chips
+
+    n, per_chip = topo.num_chips, max(1, state["batch"] // topo.num_chips)
+    split = tensor_split(config_path, stage, n, state["mesh"][1])
+    if "error" in split:
+        return (f"| {stage} | {topo.name} ({n}) | | train, tensor=2 | | | | | **no** | | "
+                f"tensor=2 does not apply: {split['error']} | |")  # fmt: skip
+    pad = padding_factor(config_path, stage, split=2)
+    # data x fsdp halves, so each group has twice the samples, in 2 microbatches, over 2 chips.
+    half = extrapolate(reports, per_chip / 2, "train", pad, state["params"])
+    temp = (half["temp"] + state["params"]) * ratio["train"]
+    roof = chips.roofline(one_sample["flops"], one_sample["bytes_accessed"], topo.chip)
+    fix = ", ".join([f"{k}={v}" for k, v in split["overrides"].items()]
+                    + ["train.grad_accum_steps=2: half a sample per chip in flight"])  # fmt: skip
+    return _row(stage, topo, ",".join(map(str, split["mesh"])), "train, tensor=2 (extrap.)",
+                f"{state['batch']} ({per_chip / 2:g} in flight)", held, temp, held + temp, roof,
+                fix, law)  # fmt: skip
 
 
 def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix, law) -> str:
