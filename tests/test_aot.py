@@ -292,6 +292,38 @@ def test_paper_table_scales_another_chips_rows_by_their_measured_temporaries(tmp
     assert "model.head_dim=88, train.grad_accum_steps=2" in split[11]
 
 
+def test_paper_table_reports_a_sampler_the_compiler_refused(tmp_path, capsys, monkeypatch):
+    """A one-chip sampler compile the TPU compiler refuses (RESOURCE_EXHAUSTED, its message
+    naming the temporaries needed) is cached as that figure and shown as a row that does not
+    fit; the train rows still come from the compiled train step. Nothing compiles."""
+    table = _paper_table()
+    message = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the "
+               "total memory required for HLO temporaries (430.72G) exceeds available HBM "
+               "(95.74G).\n\tMaximum resident set size (kbytes): 2097152\n")  # fmt: skip
+    proc = lambda *a, **k: type("P", (), {"returncode": 1, "stdout": "", "stderr": message})()
+    monkeypatch.setattr(table.subprocess, "run", proc)
+    refused = table._compile("configs/imagen_video.py", "ssr3", "v5p:1x1x1", 128, "sampler")
+    assert refused["sampler"] == {"temp_bytes": int(430.72 * 2**30), "refused": True}
+    assert refused["host"]["peak_rss_gib"] == 2.0
+    train = {"params_bytes": 1.3e9, "compile_s": {"train_step": 1.0},
+             "host": {"wall_s": 1.0, "peak_rss_gib": 1.0, "commit": "x"},
+             "train": {"temp_bytes": 2 * 2**30},
+             "train_cost": {"flops": 1e12, "bytes_accessed": 1e11}}  # fmt: skip
+    cache = {"ssr3|v5p:1x1x1|c128|train": train, "ssr3|v5p:1x1x1|c128|sampler": refused}
+    cache["state|ssr3"] = {str(n): {"mesh": [n // 64, 64, 1], "num_params": 3.3e8,
+                                    "params": 2**28, "ema": 2**28, "opt": 2**29,
+                                    "params_replicated": 1.3e9, "batch": 256}
+                           for n in (64, 256)}  # fmt: skip
+    path = tmp_path / "cache.json"
+    path.write_text(json.dumps(cache))
+    table.main(["--stages", "ssr3", "--slices", "v5p-128", "--cache", str(path)])
+    rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| ssr3")]
+    (train_row,) = [r for r in rows if r[4].strip().startswith("train")]
+    (sample_row,) = [r for r in rows if r[4].strip() == "sample step"]
+    assert train_row[9].strip() == "yes" and ">= 430.72 GiB" in sample_row[7]
+    assert sample_row[9].strip() == "**no**" and "split a video over chips" in sample_row[11]
+
+
 def test_paper_table_splits_a_sample_over_tensor_only_where_the_config_allows():
     table = _paper_table()
     paper = "configs/imagen_video.py"

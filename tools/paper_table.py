@@ -128,6 +128,8 @@ def _compile(config: str, stage: str, small: str, channels: int, program: str) -
     wall = time.perf_counter() - start
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     peak = int(rss[1]) / 2**20 if rss else None
+    if not out.exists() and "RESOURCE_EXHAUSTED" in proc.stderr:
+        return _refused(program, proc.stderr, wall, peak)
     if not out.exists():  # e.g. killed by the OOM killer: "signal 9", and how far RSS got
         raise RuntimeError(
             f"{stage} {program} at {channels} channels on {small} failed (exit {proc.returncode}, "
@@ -138,6 +140,21 @@ def _compile(config: str, stage: str, small: str, channels: int, program: str) -
         raise RuntimeError(f"{stage} at {channels} channels on {small}: {report['error']}")
     report["host"] = {"wall_s": round(wall, 1), "peak_rss_gib": peak, "commit": _git_head()}
     return report
+
+
+def _refused(program: str, stderr: str, wall: float, peak: float | None) -> dict:
+    """The report of a program the TPU compiler refused for lack of HBM: a measurement too (its
+    message says what the temporaries need, e.g. the paper ssr3's sampler for one 128-frame
+    1280x768 video on one chip: 430.72G), cached like a compiled one, with no cost analysis."""
+    from t2v_jax.pipeline_sharding import refused_bytes
+
+    needed = refused_bytes(RuntimeError(stderr))
+    return {
+        program: {"temp_bytes": needed, "refused": True},
+        f"{program}_cost": None,
+        "compile_s": {"train_step" if program == "train" else "sampler": round(wall, 1)},
+        "host": {"wall_s": round(wall, 1), "peak_rss_gib": peak, "commit": _git_head()},
+    }
 
 
 def merge_programs(train: dict, sampler: dict) -> dict:
@@ -483,6 +500,11 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
             if total > topo.chip.hbm_bytes:
                 rows.append(_split_row(args.config, stage, topo, state, reports, ratio, train,
                                        held, law))  # fmt: skip
+            refused = [r["sampler"]["temp_bytes"] for r in reports.values()
+                       if r["sampler"].get("refused")]  # fmt: skip
+            if refused:  # even one video at a narrower width is over a whole chip
+                rows.append(_refused_row(stage, topo, mesh, max(refused), state, law))
+                continue
             resident, fix = state["params_replicated"], ""
             sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
             if resident + sample["temp"] * ratio["sampler"] > topo.chip.hbm_bytes:
@@ -580,6 +602,16 @@ def _split_row(config_path, stage, topo, state, reports, ratio, one_sample, held
     return _row(stage, topo, ",".join(map(str, split["mesh"])), "train, tensor=2 (extrap.)",
                 f"{state['batch']} ({per_chip / 2:g} in flight)", held, temp, held + temp, roof,
                 fix, law)  # fmt: skip
+
+
+def _refused_row(stage, topo, mesh, needed, state, law) -> str:
+    """A sampling row whose one-chip compile the TPU compiler refused: what it said one video
+    needs (at the widest width refused: a lower bound where that is below the stage's own)."""
+    return (f"| {stage} | {topo.name} ({topo.num_chips}) | {mesh} | sample step | "
+            f"{topo.num_chips} (1) | {state['params'] / GiB:.2f} GiB | >= {needed / GiB:.2f} GiB "
+            f"(compiler: one video on one chip) | | **no** | | one video's activations exceed a "
+            f"chip: the sampler would have to split a video over chips (frames or rows), which it "
+            f"does not do | {law} |")  # fmt: skip
 
 
 def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix, law) -> str:
