@@ -106,6 +106,10 @@ PROGRAMS = ("train", "sampler")  # compiled in separate processes: one alone nee
 # over `tensor` (with gradient accumulation, half a sample's activations per chip); the row
 # after it shows that setting, extrapolated (docs/tpu_preflight.md has its small-scale compiles).
 NO_FIT = "does not fit at 1 sample/chip: split each sample over tensor=2 (next row)"
+# A sampling row whose one video is more than a chip holds: what it would take.
+SPLIT_VIDEO = (
+    "the sampler would have to split a video over chips (frames or rows), which it does not do"
+)
 
 
 def _compile(config: str, stage: str, small: str, channels: int, program: str) -> dict:
@@ -511,6 +515,9 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
                 resident, fix = state["params"], "param_sharding='sharded'"
                 sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
             sample["temp"] *= ratio["sampler"]
+            if resident + sample["temp"] > topo.chip.hbm_bytes:
+                fix = (f"{fix + ' is not enough: ' if fix else ''}one video's activations "
+                       f"exceed a chip: {SPLIT_VIDEO}")  # fmt: skip
             roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
                              resident + sample["temp"], roof, fix, law))  # fmt: skip
@@ -599,6 +606,8 @@ def _split_row(config_path, stage, topo, state, reports, ratio, one_sample, held
     roof = chips.roofline(one_sample["flops"], one_sample["bytes_accessed"], topo.chip)
     fix = ", ".join([f"{k}={v}" for k, v in split["overrides"].items()]
                     + ["train.grad_accum_steps=2: half a sample per chip in flight"])  # fmt: skip
+    if held + temp > topo.chip.hbm_bytes:
+        fix += "; still too big: smaller training crops (stage.random_crop) or chips with more HBM"
     return _row(stage, topo, ",".join(map(str, split["mesh"])), "train, tensor=2 (extrap.)",
                 f"{state['batch']} ({per_chip / 2:g} in flight)", held, temp, held + temp, roof,
                 fix, law)  # fmt: skip
@@ -610,8 +619,7 @@ def _refused_row(stage, topo, mesh, needed, state, law) -> str:
     return (f"| {stage} | {topo.name} ({topo.num_chips}) | {mesh} | sample step | "
             f"{topo.num_chips} (1) | {state['params'] / GiB:.2f} GiB | >= {needed / GiB:.2f} GiB "
             f"(compiler: one video on one chip) | | **no** | | one video's activations exceed a "
-            f"chip: the sampler would have to split a video over chips (frames or rows), which it "
-            f"does not do | {law} |")  # fmt: skip
+            f"chip: {SPLIT_VIDEO} | {law} |")  # fmt: skip
 
 
 def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix, law) -> str:
