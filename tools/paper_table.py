@@ -206,6 +206,25 @@ def padding_factor(config_path: str, stage: str, split: int = 1) -> float:
     return max(-(-c // 128) * 128 / c for c in levels)
 
 
+def _config_and_rules(config_path: str, stage: str):
+    """A stage's config and its sharding rules (the config's, else the defaults)."""
+    from t2v_jax import configlib, sharding
+
+    config = configlib.load_config(f"{config_path}:{stage}")
+    return config, sharding.rules_from_config(
+        config.sharding.rules if "sharding" in config else None
+    )
+
+
+def _abstract_mesh(data: int, fsdp: int, tensor: int = 1):
+    """A (data, fsdp, tensor) mesh of no devices: enough to shard shapes and check sizes."""
+    from jax.sharding import AbstractMesh, AxisType
+
+    from t2v_jax import sharding
+
+    return AbstractMesh((data, fsdp, tensor), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
 def tensor_split(config_path: str, stage: str, chips: int, fsdp: int) -> dict:
     """How one stage splits every sample over tensor=2 on `chips` chips: the mesh and overrides.
 
@@ -217,17 +236,13 @@ def tensor_split(config_path: str, stage: str, chips: int, fsdp: int) -> dict:
     known XLA:CPU problem with that case; unknown on TPU). Nothing compiles: `aot.check_divisibility`.
     Returns {"mesh": [data, fsdp, 2], "overrides": {key: value}} or {"error": str}.
     """
-    from jax.sharding import AbstractMesh, AxisType
-
-    from t2v_jax import configlib, sharding
     from t2v_jax.perf import aot
 
-    config = configlib.load_config(f"{config_path}:{stage}")
-    rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
+    config, rules = _config_and_rules(config_path, stage)
     if chips % (2 * fsdp):
         return {"error": f"{chips} chips do not split into fsdp={fsdp} x tensor=2"}
     mesh = [chips // (2 * fsdp), fsdp, 2]
-    abstract = AbstractMesh(tuple(mesh), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    abstract = _abstract_mesh(*mesh)
     model = config.model
     levels = [model.base_channels * m for m in model.channel_mults]
     head_dims = [model.get("head_dim")]
@@ -268,26 +283,23 @@ def state_bytes(config_path: str, stage: str, chip_counts: list[int]) -> dict[in
     """
     import flax.linen as nn
     import jax
-    from jax.sharding import AbstractMesh, AxisType
 
-    from t2v_jax import configlib, sharding
+    from t2v_jax import sharding
     from t2v_jax.perf import aot
 
-    config = configlib.load_config(f"{config_path}:{stage}")
-    rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
-    mesh = lambda d, f: AbstractMesh((d, f, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    init = aot._train_parts(config, mesh(1, 1), rules, 1)[6]
+    config, rules = _config_and_rules(config_path, stage)
+    init = aot._train_parts(config, _abstract_mesh(1, 1), rules, 1)[6]
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))  # traced once, sharded per slice
     out = {}
     for n in chip_counts:
         fsdp = n
         while fsdp > 1:
             try:
-                aot.check_divisibility(config, mesh(n // fsdp, fsdp), rules, n)
+                aot.check_divisibility(config, _abstract_mesh(n // fsdp, fsdp), rules, n)
                 break
             except aot.PreflightError:
                 fsdp //= 2
-        shardings = sharding.logical_shardings(boxed, mesh(n // fsdp, fsdp), rules)
+        shardings = sharding.logical_shardings(boxed, _abstract_mesh(n // fsdp, fsdp), rules)
         state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             nn.unbox(boxed), shardings,
