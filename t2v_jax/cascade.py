@@ -33,6 +33,7 @@ from t2v_jax.stage import Stage, StageConfig, check_chain
 from t2v_jax.text.encoder import TextEncoder
 from t2v_jax.upsample import upsample_video
 from t2v_jax.video_io import to_uint8
+from t2v_jax.video_layout import VideoLayout
 
 # Compiled calls per stage by default: the progress bar moves 8 times per stage, for a few ms
 # of dispatch per call (docs/sampling.md measures it).
@@ -84,6 +85,9 @@ class Pipeline:
       param_sharding: "replicated" (every device holds each stage's params), "sharded" (split
         over the mesh by their logical axis names; see t2v_jax/pipeline_sharding.py) or "auto":
         sharded only where the replicated program would not fit the device.
+      video_sharding: "batch" (each device samples whole videos; the batch over data x fsdp)
+        or "frames" (each video's frames split over the mesh's `fsdp` axis, the batch over
+        `data`): for videos whose activations exceed one device; see t2v_jax/video_layout.py.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Pipeline:
         mesh: jax.sharding.Mesh | None = None,
         calls_per_stage: int = CALLS_PER_STAGE,
         param_sharding: str = "auto",
+        video_sharding: str = "batch",
     ):
         if isinstance(calls_per_stage, bool) or not isinstance(calls_per_stage, int):
             raise ValueError(f"calls_per_stage: expected a positive int, got {calls_per_stage!r}")
@@ -109,6 +114,8 @@ class Pipeline:
         self.text_encoder = text_encoder
         self.stages = list(stages)
         self.mesh = mesh or sharding.make_mesh(sharding.MeshConfig())
+        self.layout = VideoLayout(self.mesh, video_sharding)
+        self.layout.check_stages([stage.config for stage in self.stages])
         self.calls_per_stage = calls_per_stage
         self._compiled: dict[tuple, Any] = {}
         self.param_placement: dict[str, str] = {}  # stage name -> params' layout in the last sample
@@ -225,10 +232,16 @@ class Pipeline:
                 else lambda x0: consistency.project(x0, low, cfg.data_consistency),
             )
 
-        batch_sharded = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
-        program, known_in = stage_steps, ()
+        layout = self.layout
+
+        def laid_out(*args, known=None):  # traced under the layout's activation rules
+            with layout.activation_rules():
+                return stage_steps(*args, known=known)
+
+        batch_sharded, video = layout.batch, layout.video()
+        program, known_in = laid_out, ()
         if known_method:  # (..., w_low, known, state, start)
-            program = lambda *a: stage_steps(*a[:9], *a[10:], known=a[9])
+            program = lambda *a: laid_out(*a[:9], *a[10:], known=a[9])
             known_in = (reconstruction.KnownFrames(batch_sharded(5), batch_sharded(2), None),)
         fn = jax.jit(
             program,
@@ -243,10 +256,10 @@ class Pipeline:
                 sharding.replicated(self.mesh),
                 sharding.replicated(self.mesh),
                 *known_in,
-                (batch_sharded(5), batch_sharded(5)),
+                (video, video),
                 sharding.replicated(self.mesh),
             ),
-            out_shardings=(batch_sharded(5), batch_sharded(5)),
+            out_shardings=(video, video),
         )
         self._compiled[key] = fn
         return fn
@@ -294,6 +307,8 @@ class Pipeline:
             state = jax.eval_shape(self._init_fn(index, batch), args[1])
             what = repr((stage.config, stage.model, settings, self.calls_per_stage,
                          device.platform, device.device_kind, dict(self.mesh.shape)))  # fmt: skip
+            if self.layout.mode != "batch":  # (kept out of "batch" keys: caches stay valid)
+                what += f" video_sharding={self.layout.mode}"
             with self._compile_target():  # the export traces for the mesh's platform
                 self._compiled[key] = compile_cache.exported_program(
                     "stage_steps", what, fn, (*args, state, np.int32(0))
@@ -307,7 +322,7 @@ class Pipeline:
             stage = self.stages[index]
             cfg = stage.config
             shape = (batch, cfg.frames, cfg.height, cfg.width, stage.model.out_channels)
-            out = sharding.batch_sharding(self.mesh, len(shape))
+            out = self.layout.video(len(shape))
 
             def stage_init(keys):
                 return samplers.init_state(keys, shape)
@@ -366,8 +381,8 @@ class Pipeline:
         needed = self._program_bytes(index, fn, args, batch)
         if needed is None or needed <= capacity:
             return
-        per_device_batch = max(1, batch // sharding.batch_divisor(self.mesh))
-        fits = int(per_device_batch * capacity / needed) * sharding.batch_divisor(self.mesh)
+        per_device_batch = max(1, batch // self.layout.divisor)
+        fits = int(per_device_batch * capacity / needed) * self.layout.divisor
         name = self.stages[index].config.name
         raise MemoryPreflightError(
             f"stage {name}: sampling a batch of {batch} needs {needed / 2**30:.2f} GiB per "
@@ -447,7 +462,7 @@ class Pipeline:
         ]
         expanded = [p for p in prompts for _ in range(num_videos_per_prompt)]
         n = len(expanded)
-        divisor = sharding.batch_divisor(self.mesh)
+        divisor = self.layout.divisor
         batch = -(-n // divisor) * divisor  # padded rows are sliced off; noise is per row
         pad = [""] * (batch - n)
 
@@ -466,7 +481,8 @@ class Pipeline:
                 negatives = negatives * len(prompts)
             negatives = [q for q in negatives for _ in range(num_videos_per_prompt)]
             neg_emb, neg_mask = self.text_encoder.encode(negatives + pad)
-        put = lambda a: jax.device_put(a, sharding.batch_sharding(self.mesh, a.ndim))
+        put = lambda a: jax.device_put(a, self.layout.batch(a.ndim))
+        put_low = self.layout.batch(5)
         emb, mask, neg_emb, neg_mask = map(put, (emb, mask, neg_emb, neg_mask))
         root = jax.random.key(int(seed))
         rows = jnp.arange(batch, dtype=jnp.uint32)
@@ -499,7 +515,8 @@ class Pipeline:
                 )
                 args = (params, *rest)
                 self._preflight(i, fn, args, batch)
-                low = self._run_stage(i, fn, args, steps[i], bar)
+                # The next stage's input is batch-split (a no-op unless frames were split).
+                low = jax.device_put(self._run_stage(i, fn, args, steps[i], bar), put_low)
                 if return_intermediates or callback is not None:
                     videos = to_uint8(np.asarray(low[:n]))
                     if return_intermediates:

@@ -59,16 +59,29 @@ def resolve_pipeline_path(path_or_name: str | os.PathLike) -> pathlib.Path:
     return path
 
 
-def load_pipeline(path_or_name: str | os.PathLike = "shapes", *, mesh: Any = None) -> Any:
+def load_pipeline(
+    path_or_name: str | os.PathLike = "shapes",
+    *,
+    mesh: Any = None,
+    param_sharding: str = "auto",
+    video_sharding: str = "batch",
+) -> Any:
     """Restores a `Pipeline` saved by `Pipeline.save` (or a built-in one by name).
+
+    `mesh`, `param_sharding` and `video_sharding` are the `Pipeline`'s (where it samples, how
+    its params and its videos are laid out over the mesh); they are checked before any file is
+    read.
 
     Every file is checked (format version, SHA-256, parameter names and shapes against the
     model the config describes) before anything is used; a mismatch raises ValueError naming the
     file and the parameter.
     """
+    from t2v_jax import pipeline_sharding, video_layout
     from t2v_jax.models.config import UNetConfig
     from t2v_jax.text.encoder import load_t5
 
+    pipeline_sharding.check_mode(param_sharding)
+    video_layout.check_mode(video_sharding)
     path = resolve_pipeline_path(path_or_name)
     description = json.loads((path / "pipeline.json").read_text())
     version = description.get("format_version")
@@ -88,7 +101,9 @@ def load_pipeline(path_or_name: str | os.PathLike = "shapes", *, mesh: Any = Non
         stages.append(cascade.Stage(config=config, model=model, params=params))
     text = description["text_encoder"]
     encoder = load_t5(path / text["path"], max_length=text["max_length"])
-    return cascade.Pipeline(encoder, stages, mesh=mesh)
+    return cascade.Pipeline(
+        encoder, stages, mesh=mesh, param_sharding=param_sharding, video_sharding=video_sharding
+    )
 
 
 def expected_param_shapes(model: Any, config: Any) -> dict[str, tuple[int, ...]]:

@@ -130,7 +130,7 @@ def _fake_sampler_lowering(monkeypatch, replicated):
             raise replicated
         return _Compiled(100 if sharded else replicated)
 
-    def lower(config, mesh, params, batch, steps, guided, sharded):
+    def lower(config, mesh, params, batch, steps, guided, sharded, video_sharding="batch"):
         calls.append(sharded)
         return types.SimpleNamespace(compile=lambda: compile_(sharded))
 

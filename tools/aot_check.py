@@ -82,6 +82,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "replicated unless that does not fit the budget",
     )
     parser.add_argument(
+        "--video-sharding",
+        default="batch",
+        choices=("batch", "frames"),
+        help="the sampled videos as Pipeline(video_sharding=...) lays them out: whole per "
+        "device, or each video's frames split over fsdp (for videos bigger than a chip)",
+    )
+    parser.add_argument(
         "--text-encoder",
         default=None,
         choices=("t5-xxl",),
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                                    sampler=not args.no_sampler, sampler_steps=args.sample_steps,
                                    topology=topology, train=not args.no_train,
                                    sampler_params=args.sampler_params,
-                                   text_encoder=args.text_encoder)  # fmt: skip
+                                   text_encoder=args.text_encoder,
+                                   video_sharding=args.video_sharding)  # fmt: skip
         except aot.PreflightError as e:
             print(f"FAIL {e}")
             reports.append({"stage": stage, "error": str(e)})
@@ -220,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{budget[0]}'s {budget[1] / 2**30:.1f} GiB per device; raise fsdp/tensor, "
                 "lower train.batch_size, use a stronger model.remat policy (save_dots, then "
                 "full), or sample with --sampler-params sharded (Pipeline(param_sharding='sharded'))"
+                + (
+                    "; a sampler whose one video is too big: --video-sharding frames "
+                    "(Pipeline(video_sharding='frames'), frames split over fsdp)"
+                    if "sampler" in report.over_budget() and args.video_sharding == "batch"
+                    else ""
+                )
             )
     if args.json:
         with open(args.json, "w") as f:

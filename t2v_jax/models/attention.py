@@ -21,7 +21,15 @@ from jax.ad_checkpoint import checkpoint_name
 
 from t2v_jax import axes
 from t2v_jax.models import pallas_attention, platform
-from t2v_jax.models.layers import GroupNorm, LayerNorm, default_init, param, sinusoidal_embedding
+from t2v_jax.models.layers import (
+    GroupNorm,
+    LayerNorm,
+    default_init,
+    merge_frames,
+    param,
+    sinusoidal_embedding,
+    unmerge_frames,
+)
 from t2v_jax.models.remat import MATMUL_OUTPUT
 
 Dtype = Any
@@ -151,13 +159,13 @@ class SpatialSelfAttention(nn.Module):
         b, t, h, w, c = x.shape
         d = c // self.heads
         y = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm")(x)
-        y = y.reshape(b * t, h * w, c)  # [B*T, HW, C]: frames are independent sequences
+        y = merge_frames(y.reshape(b, t, h * w, c))  # [B*T, HW, C]: frames are independent
         q, k, v = (
             _Projection(self.heads, d, self.dtype, name=n)(y) for n in ("query", "key", "value")
         )
         o = attention(q, k, v, impl=self.impl)  # [B*T, HW, heads, d]
         o = _OutProjection(c, self.dtype, name="out")(o)
-        return x.astype(self.dtype) + o.reshape(b, t, h, w, c)
+        return x.astype(self.dtype) + unmerge_frames(o, b, t).reshape(b, t, h, w, c)
 
 
 class CrossAttention(nn.Module):

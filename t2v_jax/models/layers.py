@@ -78,6 +78,35 @@ def constrain(x: jax.Array, names: Sequence[str]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def frames_split() -> bool:
+    """Whether the compile target splits activations' frames over devices (the rules map
+    `frames` to a mesh axis, as `Pipeline(video_sharding="frames")` does)."""
+    if platform.target_mesh() is None:
+        return False
+    rules = tuple(nn.get_logical_axis_rules()) or sharding.DEFAULT_RULES
+    return dict(rules).get(axes.FRAMES) is not None
+
+
+def merge_frames(x: jax.Array) -> jax.Array:
+    """[B, T, ...] -> [B*T, ...]: every frame its own sample (for per-frame layers).
+
+    Frames-major (T*B order) when frames are split over devices: the compiler keeps a merged
+    axis split only if the split axis is its major part (merging an unsplit B=2 with frames
+    split 4 ways gives each device a non-contiguous quarter, so it gathers whole videos).
+    """
+    b, t = x.shape[:2]
+    if frames_split():
+        x = jnp.swapaxes(x, 0, 1)
+    return x.reshape(b * t, *x.shape[2:])
+
+
+def unmerge_frames(y: jax.Array, b: int, t: int) -> jax.Array:
+    """The inverse of `merge_frames`: [B*T, ...] -> [B, T, ...]."""
+    if frames_split():
+        return jnp.swapaxes(y.reshape(t, b, *y.shape[1:]), 0, 1)
+    return y.reshape(b, t, *y.shape[1:])
+
+
 def _frame_gate(frame_mask: jax.Array | None, dtype: Dtype) -> jax.Array | None:
     """[B, T] bool -> [B, T, 1, 1, 1] multiplier (1 for video frames, 0 for images)."""
     if frame_mask is None:
@@ -259,7 +288,7 @@ class SpatialConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, H, W, Cin]
-        b, t, h, w, cin = x.shape
+        b, t, *_, cin = x.shape
         k = self.kernel_size
         kernel = param(
             self,
@@ -269,11 +298,11 @@ class SpatialConv(nn.Module):
             (axes.CONV_SPACE, axes.CONV_SPACE, axes.CONV_IN, axes.CONV_OUT),
         )
         bias = param(self, "bias", nn.initializers.zeros, (self.features,), (axes.CHANNELS,))
-        frames = x.reshape(b * t, h, w, cin).astype(self.dtype)  # [B*T, H, W, Cin]
+        frames = merge_frames(x).astype(self.dtype)  # [B*T, H, W, Cin]
         kernel = kernel.astype(self.dtype)
         y = SPATIAL_CONV_IMPLS[resolve_conv_impl(self.impl)](frames, kernel, self.stride)
         y = checkpoint_name(y + bias.astype(self.dtype), MATMUL_OUTPUT)
-        return y.reshape(b, t, *y.shape[1:])  # [B, T, H', W', Cout]
+        return unmerge_frames(y, b, t)  # [B, T, H', W', Cout]
 
 
 class TemporalConv(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -29,6 +30,7 @@ from t2v_jax.diffusion import samplers
 from t2v_jax.models import platform
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.perf import aot_report, chips
+from t2v_jax.video_layout import VideoLayout
 
 # Per-chip memory of common accelerators, in bytes (HBM as the vendors state it, GiB).
 DEVICE_BUDGETS = {
@@ -329,13 +331,15 @@ class _ShapesOnlyText:
 def lower_sampler_program(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, param_abstract: Any,
     batch_size: int, num_steps: int = 2, guided: bool = True, sharded_params: bool = False,
+    video_sharding: str = "batch",
 ) -> Any:  # fmt: skip
     """The `Pipeline`'s own jitted per-stage sampler (`Pipeline.stage_program`), lowered.
 
     The stage is put in a Pipeline on `mesh` with shapes-only parameters, so the program is
     exactly what `Pipeline.sample` runs: params in fp32, replicated or (`sharded_params`) split
     as `param_sharding="sharded"` splits them (t2v_jax/pipeline_sharding.py), the batch split over
-    (`data`, `fsdp`), one call's chunk of the `lax.scan` over `num_steps` (the TPU compiler
+    (`data`, `fsdp`) or, under `video_sharding="frames"`, each video's frames over `fsdp`
+    (t2v_jax/video_layout.py), one call's chunk of the `lax.scan` over `num_steps` (the TPU compiler
     costs a scan body once, so its figures are per denoising step), guidance on. An SR stage sits
     second, after a placeholder base stage of its input's size (never compiled), because
     the pipeline feeds the stage below's video only to stages after the first.
@@ -351,7 +355,9 @@ def lower_sampler_program(
             low_frames=0, low_height=0, low_width=0,
         )  # fmt: skip
         stages.insert(0, cascade.Stage(below, model, None))
-    pipe = cascade.Pipeline(_ShapesOnlyText(model.text_dim), stages, mesh=mesh)
+    pipe = cascade.Pipeline(
+        _ShapesOnlyText(model.text_dim), stages, mesh=mesh, video_sharding=video_sharding
+    )
     index = len(stages) - 1
     fn = pipe.stage_program(index, batch_size, num_steps, guided, sharded_params)
     b, length = batch_size, int(config.get("text", {}).get("max_length", 128))
@@ -401,6 +407,8 @@ class PreflightReport:
     # t2v_jax/pipeline_sharding.py) and, when "auto" had to shard, the replicated program's memory.
     sampler_param_sharding: str = "replicated"
     sampler_replicated: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Where the sampled videos lived: "batch" (whole per chip) or "frames" (split over fsdp).
+    sampler_video_sharding: str = "batch"
     # The text encoder's program (`text_aot`), its params' layout and their resident share.
     text_encoder: str | None = None
     text: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -458,7 +466,7 @@ def preflight(
     sample_batch_size: int | None = None, budget: tuple[str, int] | None = None,
     rules: sharding.Rules | None = None, sampler: bool = True, sampler_steps: int = 2,
     topology: chips.Topology | None = None, train: bool = True, sampler_params: str = "auto",
-    text_encoder: str | None = None,
+    text_encoder: str | None = None, video_sharding: str = "batch",
 ) -> PreflightReport:  # fmt: skip
     """Checks divisibility, then compiles the train step (and the stage's sampler) for `mesh`.
 
@@ -493,13 +501,19 @@ def preflight(
         rules = sharding.rules_from_config(config.sharding.rules if "sharding" in config else None)
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    sample_batch_size = sample_batch_size or sharding.batch_divisor(mesh)
+    layout = VideoLayout(mesh, video_sharding)
+    sample_batch_size = sample_batch_size or layout.divisor
     check_divisibility(config, mesh, rules, batch_size)
-    if sample_batch_size % sharding.batch_divisor(mesh):
+    if sample_batch_size % layout.divisor:
         raise PreflightError(
-            f"sample_batch_size={sample_batch_size} is not a multiple of the mesh's "
-            f"data*fsdp={sharding.batch_divisor(mesh)}"
+            f"sample_batch_size={sample_batch_size} is not a multiple of the devices the "
+            f"sampled batch is split over ({'*'.join(layout.batch_axes)}={layout.divisor})"
         )
+    if sampler:
+        try:
+            layout.check_stages([cascade.stage_config_from_experiment(config)])
+        except ValueError as e:
+            raise PreflightError(str(e)) from None
     pipeline_sharding.check_mode(sampler_params)
     if text_encoder is not None:
         from t2v_jax.perf import text_aot
@@ -532,7 +546,8 @@ def preflight(
             sampling.update(_sampler_program(config, mesh, abstract_state.ema_params["unet"],
                                              sample_batch_size, sampler_steps, sampler_params,
                                              budget, timings,
-                                             sampling.get("text_params_bytes", 0)))  # fmt: skip
+                                             sampling.get("text_params_bytes", 0),
+                                             video_sharding))  # fmt: skip
     sampler_cost = sampling.pop("sampler_cost", {})
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
     return PreflightReport(
@@ -560,11 +575,18 @@ def preflight(
     )
 
 
-def _sampler_program(config, mesh, unet_params, batch, steps, mode, budget, timings, resident):
+def _sampler_program(
+    config, mesh, unet_params, batch, steps, mode, budget, timings, resident,
+    video_sharding="batch",
+):  # fmt: skip
     """Compiles the stage's sampler with its params laid out as `mode` ("auto": as `Pipeline`)."""
     sharded = mode == "sharded"
     start = time.perf_counter()
-    lowered = lower_sampler_program(config, mesh, unet_params, batch, steps, True, sharded)
+    lower = functools.partial(
+        lower_sampler_program, config, mesh, unet_params, batch, steps, True,
+        video_sharding=video_sharding,
+    )  # fmt: skip
+    lowered = lower(sharded)
     try:
         compiled = lowered.compile()
         mem, out = _memory(compiled), {}
@@ -577,12 +599,12 @@ def _sampler_program(config, mesh, unet_params, batch, steps, mode, budget, timi
         # What `Pipeline(param_sharding="auto")` does on a device too small for the replicated
         # program (the text encoder's resident params count here; the Pipeline sees them too).
         out["sampler_replicated"], sharded = mem, True
-        compiled = lower_sampler_program(config, mesh, unet_params, batch, steps, True, True)
-        compiled = compiled.compile()
+        compiled = lower(True).compile()
         mem = _memory(compiled)
     timings["sampler"] = time.perf_counter() - start
     out.update(sampler=mem, sampler_cost=_cost(compiled),
-               sampler_param_sharding="sharded" if sharded else "replicated")  # fmt: skip
+               sampler_param_sharding="sharded" if sharded else "replicated",
+               sampler_video_sharding=video_sharding)  # fmt: skip
     return out
 
 

@@ -52,7 +52,8 @@ def format_report(report: Any) -> str:
         )
     if report.sampler:
         lines += _program_lines(
-            f"sampler/{report.sampler_steps}, params {report.sampler_param_sharding}",
+            f"sampler/{report.sampler_steps}, params {report.sampler_param_sharding}"
+            + (", frames split" if report.sampler_video_sharding == "frames" else ""),
             report.sampler,
             report.compile_s.get("sampler", 0),
         )
