@@ -177,7 +177,7 @@ class Pipeline:
         # A guidance-distilled model takes w as an input: one call per step, whatever w is.
         weight_input = stage.model.guidance_input
 
-        def stage_steps(
+        def denoise(
             params, keys, emb, mask, neg_emb, neg_mask, low, w, w_low, state, start, known=None
         ):
             guidance = guidance_lib.GuidanceConfig(
@@ -234,14 +234,14 @@ class Pipeline:
 
         layout = self.layout
 
-        def laid_out(*args, known=None):  # traced under the layout's activation rules
+        def stage_steps(*args, known=None):  # traced under the layout's activation rules
             with layout.activation_rules():
-                return stage_steps(*args, known=known)
+                return denoise(*args, known=known)
 
         batch_sharded, video = layout.batch, layout.video()
-        program, known_in = laid_out, ()
+        program, known_in = stage_steps, ()
         if known_method:  # (..., w_low, known, state, start)
-            program = lambda *a: laid_out(*a[:9], *a[10:], known=a[9])
+            program = lambda *a: stage_steps(*a[:9], *a[10:], known=a[9])
             known_in = (reconstruction.KnownFrames(batch_sharded(5), batch_sharded(2), None),)
         fn = jax.jit(
             program,
