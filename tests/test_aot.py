@@ -12,7 +12,7 @@ import jax
 import pytest
 
 from t2v_jax import configlib, sharding
-from t2v_jax.perf import aot
+from t2v_jax.perf import aot, width_law
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -205,23 +205,21 @@ def _paper_table():
 
 
 def test_paper_table_width_law_recovers_a_known_law():
-    table = _paper_table()
     # temp(w) = 3e9*w + 5e9*w^2 (activations + gathered weights), sampled at widths /32 and /16:
     law = lambda w: 3e9 * w + 5e9 * w * w
-    lin, quad = table.fit([(1 / 32, law(1 / 32)), (1 / 16, law(1 / 16))])
+    lin, quad = width_law.fit([(1 / 32, law(1 / 32)), (1 / 16, law(1 / 16))])
     assert lin == pytest.approx(3e9) and quad == pytest.approx(5e9)
-    assert table.predict((lin, quad), 1 / 8) == pytest.approx(law(1 / 8))
+    assert width_law.predict((lin, quad), 1 / 8) == pytest.approx(law(1 / 8))
     # At full width and 4 samples per chip, only the activation term grows with the batch.
     reports = {1 / s: {"train": {"temp_bytes": law(1 / s)},
                        "train_cost": {"flops": law(1 / s), "bytes_accessed": law(1 / s)}}
                for s in (32, 16)}  # fmt: skip
-    full = table.extrapolate(reports, 4, "train")
+    full = width_law.extrapolate(reports, 4, "train")
     assert full["temp"] == pytest.approx(4 * 3e9 + 5e9)
     assert full["flops"] == pytest.approx(4 * (3e9 + 5e9))
 
 
 def test_paper_table_rebuilds_weight_sized_temporaries_from_a_chips_share():
-    table = _paper_table()
     # Compiled on one chip, temporaries = activations (2e9 per unit width, per sample) + 1.5x
     # the weights the chip holds (gradients and the update): whole at w, P(w) = 4e9 w^2 + 1e8 w.
     weights = lambda w: 4e9 * w * w + 1e8 * w
@@ -229,15 +227,15 @@ def test_paper_table_rebuilds_weight_sized_temporaries_from_a_chips_share():
     reports = {w: {"params_bytes": weights(w), "train": {"temp_bytes": temp(w, weights(w))},
                    "train_cost": {"flops": 1.0, "bytes_accessed": 1.0}}
                for w in (128 / 704, 256 / 704)}  # fmt: skip
-    assert table.fit_weights(
+    assert width_law.fit_weights(
         [(w, r["params_bytes"], r["train"]["temp_bytes"]) for w, r in reports.items()]
     ) == pytest.approx((2e9, 1.5))
     # On a 64-way fsdp slice a chip holds 1/64 of the full model: 3 samples per chip, padded.
     share = weights(1.0) / 64
-    full = table.extrapolate(reports, 3, "train", 1.25, weights_per_chip=share)
+    full = width_law.extrapolate(reports, 3, "train", 1.25, weights_per_chip=share)
     assert full["temp"] == pytest.approx(3 * 2e9 * 1.25 + 1.5 * share)
     law = full["temp_law"]
-    assert table.predict(law, 0.5, weights(0.5)) == pytest.approx(temp(0.5, weights(0.5)))
+    assert width_law.predict(law, 0.5, weights(0.5)) == pytest.approx(temp(0.5, weights(0.5)))
 
 
 def test_paper_table_scales_another_chips_rows_by_their_measured_temporaries(tmp_path, capsys):
@@ -271,7 +269,8 @@ def test_paper_table_scales_another_chips_rows_by_their_measured_temporaries(tmp
                            for n in (64, 256)}  # fmt: skip
     path = tmp_path / "cache.json"
     path.write_text(json.dumps(cache))
-    table.main(["--stages", "base", "--slices", "v5p-128,v5e-256", "--cache", str(path)])
+    table.main(["--stages", "base", "--slices", "v5p-128,v5e-256", "--cache", str(path),
+                "--frames-law", ""])  # fmt: skip
     rows = {(r.split("|")[2].strip(), r.split("|")[4].strip()): r.split("|")
             for r in capsys.readouterr().out.splitlines()
             if r.startswith("| base |") and "| train" in r}  # fmt: skip
@@ -295,7 +294,8 @@ def test_paper_table_scales_another_chips_rows_by_their_measured_temporaries(tmp
 def test_paper_table_reports_a_sampler_the_compiler_refused(tmp_path, capsys, monkeypatch):
     """A one-chip sampler compile the TPU compiler refuses (RESOURCE_EXHAUSTED, its message
     naming the temporaries needed) is cached as that figure and shown as a row that does not
-    fit; the train rows still come from the compiled train step. Nothing compiles."""
+    fit; the train rows still come from the compiled train step; the next row splits each
+    video's frames over the fewest chips that fit, by the frame-split law. Nothing compiles."""
     table = _paper_table()
     message = ("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the "
                "total memory required for HLO temporaries (430.72G) exceeds available HBM "
@@ -310,6 +310,14 @@ def test_paper_table_reports_a_sampler_the_compiler_refused(tmp_path, capsys, mo
              "train": {"temp_bytes": 2 * 2**30},
              "train_cost": {"flops": 1e12, "bytes_accessed": 1e11}}  # fmt: skip
     cache = {"ssr3|v5p:1x1x1|c128|train": train, "ssr3|v5p:1x1x1|c128|sampler": refused}
+    # The frame-split law's compiles (tsr2 at its own 128 channels): one video on one chip, and
+    # split over 2 and 4 chips keeping 0.55 and 0.30 of it per chip: share(F) = 1/F + 0.05.
+    for where, name, share in (("v5p:1x1x1", "sampler", 1.0), ("v5p:2x1x1", "sampler_frames", 0.55),
+                               ("v5p:2x2x1", "sampler_frames", 0.30)):  # fmt: skip
+        cache[f"tsr2|{where}|c128|{name}"] = {
+            "sampler": {"temp_bytes": share * 10 * 2**30},
+            "sampler_cost": {"flops": share * 1e12, "bytes_accessed": share * 1e11},
+        }
     cache["state|ssr3"] = {str(n): {"mesh": [n // 64, 64, 1], "num_params": 3.3e8,
                                     "params": 2**28, "ema": 2**28, "opt": 2**29,
                                     "params_replicated": 1.3e9, "batch": 256}
@@ -317,11 +325,19 @@ def test_paper_table_reports_a_sampler_the_compiler_refused(tmp_path, capsys, mo
     path = tmp_path / "cache.json"
     path.write_text(json.dumps(cache))
     table.main(["--stages", "ssr3", "--slices", "v5p-128", "--cache", str(path)])
-    rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| ssr3")]
+    out = capsys.readouterr().out
+    rows = [r.split("|") for r in out.splitlines() if r.startswith("| ssr3")]
     (train_row,) = [r for r in rows if r[4].strip().startswith("train")]
     (sample_row,) = [r for r in rows if r[4].strip() == "sample step"]
     assert train_row[9].strip() == "yes" and ">= 430.72 GiB" in sample_row[7]
-    assert sample_row[9].strip() == "**no**" and "split a video over chips" in sample_row[11]
+    assert sample_row[9].strip() == "**no**" and "split each video's frames" in sample_row[11]
+    # 430.72 GiB x share(F) + 1.21 GiB of replicated params: F = 8 (75.4 GiB) is the first to
+    # fit a v5p's 95 GiB; ssr3's 128 frames, 16 per chip; 64 chips as 8 videos of 8 chips.
+    (split_row,) = [r for r in rows if r[4].strip() == "sample step, frames split (extrap.)"]
+    assert float(split_row[7].split()[0]) == pytest.approx(430.72 * (1 / 8 + 0.05), abs=0.01)
+    assert split_row[3].strip() == "8,8,1" and split_row[9].strip() == "yes"
+    assert "video_sharding='frames': 16 of 128 frames per chip" in split_row[11]
+    assert "temp per chip at 128 channels" in out and "share(F) = 1.000/F + 0.050" in out
 
 
 def test_paper_table_splits_a_sample_over_tensor_only_where_the_config_allows():
@@ -353,18 +369,18 @@ def test_paper_table_compiles_unpadded_widths_and_bounds_a_single_full_width_poi
     reports = {w: {"train": {"temp_bytes": law(w)},
                    "train_cost": {"flops": law(w), "bytes_accessed": law(w)}}
                for w in (128 / 704, 256 / 704)}  # fmt: skip
-    assert table.extrapolate(reports, 2, "train", 1.25)["temp"] == pytest.approx(
+    assert width_law.extrapolate(reports, 2, "train", 1.25)["temp"] == pytest.approx(
         2 * 3e9 * 1.25 + 5e9
     )
     # ... and a lone full-width compile is exact for one sample per chip, a bound for more.
     one = {1.0: reports[256 / 704]}
-    assert table.extrapolate(one, 1, "train")["temp"] == law(256 / 704)
-    bound = table.extrapolate(one, 4, "train")
+    assert width_law.extrapolate(one, 1, "train")["temp"] == law(256 / 704)
+    bound = width_law.extrapolate(one, 4, "train")
     assert bound["temp"] == 4 * law(256 / 704) and bound["bound"]
     # ... and a bound too where the one-chip compile held the whole model, not a chip's share.
     whole = {1.0: {**reports[256 / 704], "params_bytes": 8e9}}
-    assert table.extrapolate(whole, 1, "train", weights_per_chip=1e8)["bound"]
-    assert not table.extrapolate(whole, 1, "train", weights_per_chip=8e9)["bound"]
+    assert width_law.extrapolate(whole, 1, "train", weights_per_chip=1e8)["bound"]
+    assert not width_law.extrapolate(whole, 1, "train", weights_per_chip=8e9)["bound"]
 
 
 def test_config_overrides_reach_every_stage_and_bad_ones_stop_before_compiling():

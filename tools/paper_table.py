@@ -61,6 +61,8 @@ import subprocess
 import sys
 import time
 
+from t2v_jax.perf.width_law import extrapolate, fit_frame_split, frame_split_ratio, predict
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGES = ("base", "tsr1", "ssr1", "tsr2", "ssr2", "tsr3", "ssr3")  # the paper's order
 GiB = 2**30
@@ -88,6 +90,13 @@ def _args(argv):
         default=str(ROOT / "docs/tpu_paper_table_compiles.json"),
         help="the compiles made so far (committed: one compile takes a quarter of an hour or more)",
     )
+    parser.add_argument(
+        "--frames-law",
+        default="tsr2",
+        help="the stage whose sampler also compiles with one video's frames split over "
+        f"{' and '.join(map(str, FRAME_SPLITS))} chips (video_sharding='frames'): the law "
+        "behind the rows that split a video",
+    )
     parser.add_argument("--compile-only", action="store_true", help="fill the cache, no table")
     parser.add_argument(
         "--state-only",
@@ -106,15 +115,17 @@ PROGRAMS = ("train", "sampler")  # compiled in separate processes: one alone nee
 # over `tensor` (with gradient accumulation, half a sample's activations per chip); the row
 # after it shows that setting, extrapolated (docs/tpu_preflight.md has its small-scale compiles).
 NO_FIT = "does not fit at 1 sample/chip: split each sample over tensor=2 (next row)"
-# A sampling row whose one video is more than a chip holds: what it would take.
-SPLIT_VIDEO = (
-    "the sampler would have to split a video over chips (frames or rows), which it does not do"
-)
+# A sampling row whose one video is more than a chip holds: the row after it splits each
+# video's frames over chips (Pipeline(video_sharding="frames")), extrapolated by the frame-split
+# law, compiled with one video over FRAME_SPLITS chips.
+SPLIT_VIDEO = "split each video's frames over chips (next row)"
+FRAME_SPLITS = (2, 4)
 
 
 def _compile(config: str, stage: str, small: str, channels: int, program: str) -> dict:
     """aot_check.py's JSON report of one program ("train": the train step, "sampler": the
-    sampling programs) of one stage at `channels` base channels (the stage's own width:
+    sampling programs; "sampler_frames": the sampler with one video's frames split over every
+    chip of `small`) of one stage at `channels` base channels (the stage's own width:
     unchanged), one sample per chip on `small`, plus wall time, peak host RSS and commit."""
     out = pathlib.Path(
         f"/tmp/paper_table_{stage}_{small.replace(':', '_')}_c{channels}_{program}.json"
@@ -125,6 +136,8 @@ def _compile(config: str, stage: str, small: str, channels: int, program: str) -
            "--topology", small, "--config", config, "--stages", stage, "--batch", str(chips),
            "--sample-batch", str(chips), "--sampler-params", "sharded", "--json", str(out),
            "--no-sampler" if program == "train" else "--no-train"]  # fmt: skip
+    if program == "sampler_frames":
+        cmd += ["--mesh", f"1,{chips},1", "--sample-batch", "1", "--video-sharding", "frames"]
     if channels != full_channels(config, stage):
         cmd += ["--set", f"model.base_channels={channels}"]
     start = time.perf_counter()
@@ -153,6 +166,7 @@ def _refused(program: str, stderr: str, wall: float, peak: float | None) -> dict
     from t2v_jax.pipeline_sharding import refused_bytes
 
     needed = refused_bytes(RuntimeError(stderr))
+    program = "train" if program == "train" else "sampler"  # as aot_check's reports name them
     return {
         program: {"temp_bytes": needed, "refused": True},
         f"{program}_cost": None,
@@ -263,6 +277,13 @@ def tensor_split(config_path: str, stage: str, chips: int, fsdp: int) -> dict:
     return {"error": error}
 
 
+def split_slice(small: str, chips: int) -> str:
+    """The slice of `small`'s chip kind with `chips` (2 or 4) chips: v5p:1x1x1 -> v5p:2x2x1."""
+    kind, shape = small.split(":")
+    dims = {2: [2, 1, 1], 4: [2, 2, 1]}[chips][: len(shape.split("x"))]
+    return f"{kind}:{'x'.join(map(str, dims))}"
+
+
 def _chip_count(name: str) -> int:
     from t2v_jax.perf import chips
 
@@ -318,92 +339,6 @@ def state_bytes(config_path: str, stage: str, chip_counts: list[int]) -> dict[in
     return out
 
 
-# ------------------------------------------------------------------------------------------
-# The width law.
-
-
-def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """(lin, quad) with y = lin*w + quad*w^2 through two (w, y) points."""
-    (w1, y1), (w2, y2) = points
-    quad = (y1 / w1 - y2 / w2) / (w1 - w2)
-    return y1 / w1 - quad * w1, quad
-
-
-def fit_weights(points: list[tuple[float, float, float]]) -> tuple[float, float]:
-    """(act, per_weight) with y = act*w + per_weight*P through two (w, P, y) points.
-
-    P is the compile's per-chip parameter bytes: what scales with the weights a chip holds
-    (gradients, the optimizer update's intermediates, weight casts) rather than with w^2.
-    """
-    (w1, p1, y1), (w2, p2, y2) = points
-    det = w1 * p2 - w2 * p1
-    return (y1 * p2 - y2 * p1) / det, (w1 * y2 - w2 * y1) / det
-
-
-def extrapolate(
-    reports: dict[float, dict],
-    per_chip_batch: int,
-    program: str,
-    pad: float = 1.0,
-    weights_per_chip: float | None = None,
-) -> dict:
-    """Full-width temp bytes, FLOPs and HBM bytes of `program` ("train" / "sampler") per chip.
-
-    `reports`: {w: aot_check report of the compile at width ratio w, one sample per chip}.
-    Two widths: the law, with its activation terms times `pad` where it extrapolates past the
-    widths compiled (they are multiples of 128 channels, unpadded; the full width may not be).
-    With `weights_per_chip` (the parameter bytes one chip of the big slice holds), temporaries
-    follow act*w + per_weight*P instead of a w^2 term: compiled on one chip, P is the whole
-    model and so are its gradients, while on an fsdp slice each chip holds its share, so the
-    weight-sized temporaries are rebuilt from the share ("temp_law": ("weights", act, per_weight)).
-    A negative fitted weight term (temporaries that do not grow with the weights, e.g. a
-    sampler's) is dropped and the activation term bounded by the larger of the two points'.
-    One width (w = 1, measured): every term times the batch, an upper bound ("bound": True) for
-    more than one sample per chip or where the compile held more weights than `weights_per_chip`.
-    """
-    pts = sorted(reports.items())
-    cost = f"{program}_cost"
-    get = lambda key, r: r[program]["temp_bytes"] if key == "temp" else r[cost][key]
-    if len(pts) == 1:
-        ((w, r),) = pts
-        assert w == 1.0, "a single compile must be the stage's full width"
-        out = {key: per_chip_batch * get(key, r) for key in ("temp", "flops", "bytes_accessed")}
-        # Compiled holding more weights than a big-slice chip does: its weight-sized
-        # temporaries are the whole model's, so the figure is an upper bound too.
-        whole = weights_per_chip is not None and weights_per_chip < r.get("params_bytes", 0)
-        return {**out, "bound": per_chip_batch > 1 or whole}
-    grow = pad if pts[-1][0] < 1.0 else 1.0
-    out = {"bound": False}
-    for key in ("temp", "flops", "bytes_accessed"):
-        if key == "temp" and weights_per_chip is not None:
-            act, per_weight = fit_weights([(w, r["params_bytes"], get(key, r)) for w, r in pts])
-            if per_weight < 0:  # no weight-sized temporaries to see: activations only, bounded
-                act, per_weight = max(get(key, r) / w for w, r in pts), 0.0
-            out[key] = per_chip_batch * act * grow + per_weight * weights_per_chip
-            out[f"{key}_law"] = ("weights", act, per_weight)
-            continue
-        lin, quad = fit([(w, get(key, r)) for w, r in pts])
-        if key == "temp":  # activations (lin) grow with the batch; gathered weights do not
-            out[key] = per_chip_batch * lin * grow + quad
-        elif key == "flops":  # every FLOP is per sample
-            out[key] = per_chip_batch * (lin + quad)
-        else:  # weights are read once a step, activations per sample
-            out[key] = per_chip_batch * lin * grow + quad
-        out[f"{key}_law"] = (lin, quad)
-    return out
-
-
-def predict(law: tuple, w: float, params_bytes: float | None = None) -> float:
-    """A law's value at width ratio w (a "weights" law also needs that compile's P)."""
-    if law[0] == "weights":
-        return law[1] * w + law[2] * params_bytes
-    lin, quad = law
-    return lin * w + quad * w**2
-
-
-# ------------------------------------------------------------------------------------------
-
-
 def main(argv=None) -> int:
     args = _args(argv)
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -423,16 +358,16 @@ def main(argv=None) -> int:
         cache_path.write_text(json.dumps(cache, indent=1))
         return 0
 
+    def program(stage, where, channels, name):  # one program's report, cached once compiled
+        key = f"{stage}|{where}|c{channels}|{name}"
+        if key not in cache:
+            print(f"compiling {key}", file=sys.stderr, flush=True)
+            cache[key] = _compile(args.config, stage, where, channels, name)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        return cache[key]
+
     def compiled(stage, kind, channels):
-        parts = []
-        for program in PROGRAMS:  # each cached as soon as it compiled
-            key = f"{stage}|{small[kind]}|c{channels}|{program}"
-            if key not in cache:
-                print(f"compiling {key}", file=sys.stderr, flush=True)
-                cache[key] = _compile(args.config, stage, small[kind], channels, program)
-                cache_path.write_text(json.dumps(cache, indent=1))
-            parts.append(cache[key])
-        return merge_programs(*parts)
+        return merge_programs(*(program(stage, small[kind], channels, p) for p in PROGRAMS))
 
     primary = next(iter(small))
     cross = [s for s in args.cross.split(",") if s] if args.cross else []
@@ -447,14 +382,22 @@ def main(argv=None) -> int:
             own = stage_widths(args.config, stage, widths)
             for channels in own if kind == primary else own[:1]:
                 compiled(stage, kind, channels)
+    frames_law = None
+    if args.frames_law:  # one video over 2 and 4 chips vs on one chip, at the stage's first width
+        channels = stage_widths(args.config, args.frames_law, widths)[0]
+        first = args.small.split(",")[0]
+        whole = program(args.frames_law, first, channels, "sampler")
+        splits = {f: program(args.frames_law, split_slice(first, f), channels, "sampler_frames")
+                  for f in FRAME_SPLITS}  # fmt: skip
+        frames_law = (args.frames_law, channels, whole, splits)
     if args.compile_only:
         return 0
-    print(table(args, stages, widths, slices, small, compiled, check, cache, cross))
+    print(table(args, stages, widths, slices, small, compiled, check, cache, cross, frames_law))
     cache_path.write_text(json.dumps(cache, indent=1))
     return 0
 
 
-def table(args, stages, widths, slices, small, compiled, check, cache, cross) -> str:
+def table(args, stages, widths, slices, small, compiled, check, cache, cross, frames_law=None):
     from t2v_jax.perf import chips
 
     rows = [
@@ -480,6 +423,7 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
         return {p: max(r) if r else 1.0 for p, r in measured.items()}
 
     ratios = {kind: chip_ratio(kind) for kind in small}
+    split = _frame_split_laws(frames_law, small[primary], notes) if frames_law else None
 
     def reports_of(stage, kind):  # {w: report}
         full = full_channels(args.config, stage)
@@ -520,6 +464,9 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
                        if r["sampler"].get("refused")]  # fmt: skip
             if refused:  # even one video at a narrower width is over a whole chip
                 rows.append(_refused_row(stage, topo, mesh, max(refused), state, law))
+                if split:
+                    whole = {"temp": max(refused) * ratio["sampler"]}
+                    rows.append(_frames_row(args.config, stage, topo, state, whole, split, law))
                 continue
             resident, fix = state["params_replicated"], ""
             sample = extrapolate(reports, 1, "sampler", pads[stage], resident)
@@ -533,6 +480,8 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross) ->
             roof = chips.roofline(sample["flops"], sample["bytes_accessed"], topo.chip)
             rows.append(_row(stage, topo, mesh, "sample step", f"{n} (1)", resident, sample["temp"],
                              resident + sample["temp"], roof, fix, law))  # fmt: skip
+            if split and resident + sample["temp"] > topo.chip.hbm_bytes:
+                rows.append(_frames_row(args.config, stage, topo, state, sample, split, law))
         own = stage_widths(args.config, stage, widths)
         kinds = [k for k in small if k == primary or stage in cross]
         for kind, c in ((k, c) for k in kinds for c in (own if k == primary else own[:1])):
@@ -625,6 +574,59 @@ def _split_row(config_path, stage, topo, state, reports, ratio, one_sample, held
                 fix, law)  # fmt: skip
 
 
+def _frame_split_laws(frames_law, small: str, notes: list[str]) -> dict[str, tuple]:
+    """{temp / flops / bytes_accessed: (alpha, beta)}: a chip's share of one video's sampler
+    figure with its frames split over F chips, alpha/F + beta (`width_law.fit_frame_split`),
+    from the stage compiled whole on one chip and split over each of FRAME_SPLITS chips."""
+    stage, channels, whole, splits = frames_law
+    getters = {
+        "temp": lambda r: r["sampler"]["temp_bytes"],
+        "flops": lambda r: r["sampler_cost"]["flops"],
+        "bytes_accessed": lambda r: r["sampler_cost"]["bytes_accessed"],
+    }
+    laws = {}
+    for key, get in getters.items():
+        points = {f: get(r) / get(whole) for f, r in splits.items()}
+        laws[key] = fit_frame_split(points)
+        measured = ", ".join(
+            f"{f} chips {get(r):.4g} ({points[f]:.3f}x)" for f, r in splits.items()
+        )
+        notes.append(f"- frame-split law, {stage} sampler {key} per chip at {channels} channels: "
+                     f"1 chip ({small}) {get(whole):.4g}, {measured}; share(F) = "
+                     f"{laws[key][0]:.3f}/F + {laws[key][1]:.3f}")  # fmt: skip
+    return laws
+
+
+def _frames_row(config_path, stage, topo, state, whole, split, law) -> str:
+    """The sampling row with each video's frames split over F chips (video_sharding='frames'):
+    the smallest power-of-two F that divides the frames and fits, the mesh (chips / F, F, 1),
+    `whole` (one video on one chip: temp, and flops / bytes_accessed unless refused) times the
+    frame-split law's share at F. Extrapolated, not compiled at this scale."""
+    from t2v_jax import configlib
+    from t2v_jax.perf import chips
+
+    frames = int(configlib.load_config(f"{config_path}:{stage}").stage.frames)
+    n, hbm, f = topo.num_chips, topo.chip.hbm_bytes, 1
+    while 2 * f <= n and frames % (2 * f) == 0:
+        f *= 2
+        temp = whole["temp"] * frame_split_ratio(split["temp"], f)
+        resident, params = state["params_replicated"], ""
+        if resident + temp > hbm:
+            resident, params = state["params"], "param_sharding='sharded', "
+        if resident + temp <= hbm:
+            break
+    fix = f"{params}video_sharding='frames': {frames // f} of {frames} frames per chip"
+    if resident + temp > hbm:
+        fix += f"; still too big at {f} chips per video"
+    roof = None  # refused on one chip: no cost analysis to scale
+    if "flops" in whole:
+        roof = chips.roofline(whole["flops"] * frame_split_ratio(split["flops"], f),
+                              whole["bytes_accessed"] * frame_split_ratio(split["bytes_accessed"], f),
+                              topo.chip)  # fmt: skip
+    return _row(stage, topo, f"{n // f},{f},1", "sample step, frames split (extrap.)",
+                f"{n // f} (1/{f} video)", resident, temp, resident + temp, roof, fix, law)  # fmt: skip
+
+
 def _refused_row(stage, topo, mesh, needed, state, law) -> str:
     """A sampling row whose one-chip compile the TPU compiler refused: what it said one video
     needs (at the widest width refused: a lower bound where that is below the stage's own)."""
@@ -636,10 +638,10 @@ def _refused_row(stage, topo, mesh, needed, state, law) -> str:
 
 def _row(stage, topo, mesh, program, batch, state, temp, total, roof, fix, law) -> str:
     fits = "yes" if total <= topo.chip.hbm_bytes else "**no**"
+    step = "" if roof is None else f"{roof['step_s'] * 1e3:.0f} ms ({roof['bound']})"
     return (f"| {stage} | {topo.name} ({topo.num_chips}) | {mesh} | {program} | {batch} | "
             f"{state / GiB:.2f} GiB | {temp / GiB:.2f} GiB | {total / GiB:.2f} / "
-            f"{topo.chip.hbm_bytes / GiB:.0f} GiB | {fits} | {roof['step_s'] * 1e3:.0f} ms "
-            f"({roof['bound']}) | {fix} | {law} |")  # fmt: skip
+            f"{topo.chip.hbm_bytes / GiB:.0f} GiB | {fits} | {step} | {fix} | {law} |")  # fmt: skip
 
 
 if __name__ == "__main__":
