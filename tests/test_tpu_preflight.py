@@ -145,6 +145,34 @@ def test_tiny_stage_compiles_with_the_tpu_compiler(tmp_path):
     assert 0 < report["roofline"]["train_step"]["mfu"] <= 1
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install '.[tpu]'"
+)
+def test_frames_split_sampler_compiles_with_the_tpu_compiler(tmp_path):
+    # One 8-frame video over the 4 chips of v5e:2x2 (video_sharding="frames", Pallas attention
+    # on the frames folded frames-major) against one whole video per chip (batch 4).
+    config = tmp_path / "pallas_tiny.py"
+    config.write_text(_PALLAS_CONFIG.format(tiny=str(ROOT / "configs/tiny.py")))
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    reports = {}
+    for layout, batch in (("frames", 1), ("batch", 4)):
+        out = tmp_path / f"{layout}.json"
+        cmd = [sys.executable, str(ROOT / "tools/aot_check.py"), "--topology", "v5e:2x2",
+               "--config", str(config), "--stages", "base", "--no-train", "--mesh", "1,4,1",
+               "--sample-batch", str(batch), "--video-sharding", layout,
+               "--set", "stage.frames=8", "--json", str(out)]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        (reports[layout],) = json.loads(out.read_text())
+    split, whole = reports["frames"], reports["batch"]
+    assert split["platform"] == "tpu" and split["sampler_video_sharding"] == "frames"
+    assert split["sampler_cost"]["pallas_kernels"] >= 3
+    # Each chip does a quarter of one video's work (measured 0.256x the whole video's FLOPs).
+    flops = split["sampler_cost"]["flops"] / whole["sampler_cost"]["flops"]
+    assert 0.2 < flops < 0.35, flops
+
+
 def test_report_labels_a_fake_device_run_an_estimate():
     report = aot.PreflightReport(
         stage="x", mesh={"data": 1, "fsdp": 1, "tensor": 1}, batch_size=1, sample_batch_size=1,
