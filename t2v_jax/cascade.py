@@ -389,6 +389,7 @@ class Pipeline:
             f"device but the device has {capacity / 2**30:.2f} GiB; the largest batch that fits is "
             f"about {fits} (fewer prompts or num_videos_per_prompt)"
             + pipeline_sharding.hint(self.param_placement.get(name), self.mesh.size)
+            + self.layout.hint()
         )
 
     # ---------------------------------------------------------------------------------------

@@ -92,6 +92,15 @@ class VideoLayout:
         with nn.logical_axis_rules(self.rules()):
             yield
 
+    def hint(self) -> str:
+        """The end of a does-not-fit message: the knob that splits each video, if it is not on."""
+        if self.mode == "frames":
+            return ""
+        return (
+            "; or video_sharding='frames' on a mesh with fsdp > 1 (each video's frames split "
+            "over fsdp: for one video bigger than a device)"
+        )
+
     def check_stages(self, configs: Sequence[Any]) -> None:
         """Every stage's frame count splits evenly over the frames axis (a clear error if not)."""
         split = self.frame_split

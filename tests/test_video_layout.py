@@ -124,3 +124,15 @@ def test_load_pipeline_checks_the_layouts_before_reading_a_file(tmp_path):
         load_pipeline(tmp_path, video_sharding="rows")
     with pytest.raises(ValueError, match=r"param_sharding: expected one of .*got 'fsdp'"):
         load_pipeline(tmp_path, param_sharding="fsdp")
+
+
+def test_a_sampler_that_does_not_fit_names_the_frames_split(parts, monkeypatch):
+    encoder, stages = parts
+    pipe = cascade.Pipeline(encoder, stages[:1], mesh=_mesh(2, 1), param_sharding="replicated")
+    monkeypatch.setattr(cascade, "device_memory_bytes", lambda device: 1)
+    with pytest.raises(cascade.MemoryPreflightError, match=r"video_sharding='frames'"):
+        pipe.sample(PROMPTS[:1], num_steps=2, progress=False)
+    split = cascade.Pipeline(encoder, stages[:1], mesh=_mesh(1, 4), video_sharding="frames")
+    with pytest.raises(cascade.MemoryPreflightError) as refused:
+        split.sample(PROMPTS[:1], num_steps=2, progress=False)
+    assert "video_sharding" not in str(refused.value)  # already on: nothing more to suggest
