@@ -463,3 +463,45 @@ def test_a_loop_body_counts_once_in_cost_analysis_and_per_step_cost_counts_every
     scaled = aot.per_step_cost(once, 4)
     assert abs(scaled["flops"] / full["flops"] - 1) < 0.01 and scaled["loop_trips"] == 4
     assert aot.per_step_cost(once, 1) is once
+
+
+def test_paper_table_fixes_a_too_big_train_step_by_accumulation_then_smaller_crops(
+    tmp_path, capsys
+):
+    """A train step over the chip is first run as accumulated microbatches (the batch stays the
+    paper's); at one sample per chip, split over tensor=2; still too big on a stage trained on
+    crops, on crops halved per side (a quarter of the activations). Made-up cache: 60 GiB of
+    temporaries for one ssr3 sample (trained on 192x320 crops), 1 GiB of params share."""
+    table = _paper_table()
+    GiB = 2**30
+    host = {"wall_s": 1.0, "peak_rss_gib": 1.0, "commit": "x"}
+    cache = {
+        "ssr3|v5p:1x1x1|c128|train": {
+            "params_bytes": 1.3e9, "compile_s": {"train_step": 1.0}, "host": host,
+            "train": {"temp_bytes": 60 * GiB}, "train_cost": {"flops": 1e12, "bytes_accessed": 1e11},
+        },
+        "ssr3|v5p:1x1x1|c128|sampler": {
+            "compile_s": {"sampler": 1.0}, "host": host, "sampler": {"temp_bytes": GiB},
+            "sampler_cost": {"flops": 1e11, "bytes_accessed": 1e10},
+        },
+        "state|ssr3": {str(n): {"mesh": [n // 64, 64, 1], "num_params": 3.3e8, "params": GiB,
+                                "ema": GiB, "opt": 2 * GiB, "params_replicated": 1.3e9,
+                                "batch": 256} for n in (64, 256)},
+    }  # fmt: skip
+    path = tmp_path / "cache.json"
+    path.write_text(json.dumps(cache))
+    table.main(["--stages", "ssr3", "--slices", "v5p-128,v5e-256", "--small", "v5p:1x1x1",
+                "--cache", str(path), "--frames-law", ""])  # fmt: skip
+    rows = {(r.split("|")[2].strip(), r.split("|")[4].strip()): r.split("|")
+            for r in capsys.readouterr().out.splitlines() if r.startswith("| ssr3")}  # fmt: skip
+    temp = lambda row: float(row[7].split()[0])
+    # v5p-128: 4 samples per chip need 240 GiB; 1 in flight (4 accumulated) 60 + 1 (accumulator).
+    v5p = rows["v5p:4x4x4 (64)", "train (upper bound)"]
+    assert v5p[5].strip() == "256 (1 in flight)" and temp(v5p) == pytest.approx(61.0)
+    assert "train.grad_accum_steps=4: 1 per chip in flight" in v5p[11]
+    # v5e-256: half a sample per chip is 30 + 1 GiB, still too big; 96x160 crops: 7.5 + 1.
+    half = rows["v5e:16x16 (256)", "train, tensor=2 (extrap.)"]
+    assert temp(half) == pytest.approx(31.0) and "smaller crops (next row)" in half[11]
+    crops = rows["v5e:16x16 (256)", "train, tensor=2, 96x160 crops (extrap.)"]
+    assert temp(crops) == pytest.approx(8.5) and crops[9].strip() == "yes"
+    assert "stage.random_crop=(96, 160)" in crops[11]

@@ -441,20 +441,23 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross, fr
                                     f"({kind}, train/sampler)" if kind != primary and kind in small else "")  # fmt: skip
             train_batch = state["batch"]
             per_chip = max(1, train_batch // n)
-            fixed = None
+            fixed, accum = None, 1
             while True:
                 train = extrapolate(reports, per_chip, "train", pads[stage], state["params"])
-                train["temp"] *= ratio["train"]
+                # Accumulating microbatches adds one fp32 copy of the chip's params share.
+                train["temp"] = (train["temp"] + (accum > 1) * state["params"]) * ratio["train"]
                 total = state["params"] + state["ema"] + state["opt"] + train["temp"]
                 if total <= topo.chip.hbm_bytes or per_chip == 1:
                     break
-                per_chip //= 2
-                fixed = f"train.batch_size={per_chip * n}"
-            roof = chips.roofline(train["flops"], train["bytes_accessed"], topo.chip)
+                per_chip, accum = per_chip // 2, accum * 2  # the same batch, fewer in flight
+                fixed = f"train.grad_accum_steps={accum}: {per_chip} per chip in flight"
+            roof = chips.roofline(accum * train["flops"], accum * train["bytes_accessed"],
+                                  topo.chip)  # fmt: skip
             mesh = ",".join(map(str, state["mesh"]))
             bound = " (upper bound)" if train["bound"] else ""
             held = state["params"] + state["ema"] + state["opt"]
-            rows.append(_row(stage, topo, mesh, "train" + bound, f"{per_chip * n} ({per_chip})",
+            flight = f"{per_chip}" + (" in flight" if accum > 1 else "")
+            rows.append(_row(stage, topo, mesh, "train" + bound, f"{train_batch} ({flight})",
                              held, train["temp"], total,
                              roof, fixed or ("" if total <= topo.chip.hbm_bytes else NO_FIT), law))  # fmt: skip
             if total > topo.chip.hbm_bytes:
@@ -555,23 +558,59 @@ def _split_row(config_path, stage, topo, state, reports, ratio, one_sample, held
     params + EMA + AdamW are the fsdp share, an upper bound (tensor splits some further)."""
     from t2v_jax.perf import chips
 
-    n, per_chip = topo.num_chips, max(1, state["batch"] // topo.num_chips)
+    n = topo.num_chips
+    accum = 2 * max(1, state["batch"] // n)  # half a sample per chip in flight
     split = tensor_split(config_path, stage, n, state["mesh"][1])
     if "error" in split:
         return (f"| {stage} | {topo.name} ({n}) | | train, tensor=2 | | | | | **no** | | "
                 f"tensor=2 does not apply: {split['error']} | |")  # fmt: skip
     pad = padding_factor(config_path, stage, split=2)
     # data x fsdp halves, so each group has twice the samples, in 2 microbatches, over 2 chips.
-    half = extrapolate(reports, per_chip / 2, "train", pad, state["params"])
+    half = extrapolate(reports, 0.5, "train", pad, state["params"])
     temp = (half["temp"] + state["params"]) * ratio["train"]
-    roof = chips.roofline(one_sample["flops"], one_sample["bytes_accessed"], topo.chip)
+    # The step's work per chip is the whole batch's share: `one_sample` is one sample's.
+    roof = chips.roofline(accum / 2 * one_sample["flops"], accum / 2 * one_sample["bytes_accessed"],
+                          topo.chip)  # fmt: skip
     fix = ", ".join([f"{k}={v}" for k, v in split["overrides"].items()]
-                    + ["train.grad_accum_steps=2: half a sample per chip in flight"])  # fmt: skip
+                    + [f"train.grad_accum_steps={accum}: half a sample per chip in flight"])  # fmt: skip
+    mesh, batch = ",".join(map(str, split["mesh"])), f"{state['batch']} (0.5 in flight)"
+    crop = _smaller_crop(config_path, stage, half["temp"] * ratio["train"], held + temp,
+                         topo.chip.hbm_bytes)  # fmt: skip
     if held + temp > topo.chip.hbm_bytes:
-        fix += "; still too big: smaller training crops (stage.random_crop) or chips with more HBM"
-    return _row(stage, topo, ",".join(map(str, split["mesh"])), "train, tensor=2 (extrap.)",
-                f"{state['batch']} ({per_chip / 2:g} in flight)", held, temp, held + temp, roof,
-                fix, law)  # fmt: skip
+        fix += "; still too big: " + ("smaller crops (next row)" if crop else "chips with more HBM")
+    row = _row(stage, topo, mesh, "train, tensor=2 (extrap.)", batch, held, temp, held + temp,
+               roof, fix, law)  # fmt: skip
+    if held + temp <= topo.chip.hbm_bytes or not crop:
+        return row
+    (h, w), share = crop
+    temp -= half["temp"] * ratio["train"] * (1 - share)
+    roof = chips.roofline(accum / 2 * one_sample["flops"] * share,
+                          accum / 2 * one_sample["bytes_accessed"] * share, topo.chip)  # fmt: skip
+    fix = f"stage.random_crop=({h}, {w}) and the above: {share:g} of the activations and FLOPs"
+    return row + "\n" + _row(stage, topo, mesh, f"train, tensor=2, {h}x{w} crops (extrap.)",
+                             batch, held, temp, held + temp, roof, fix, law)  # fmt: skip
+
+
+def _smaller_crop(config_path, stage, activations, total, hbm):
+    """((h, w), area share): the training crop halved per side (once or twice) that brings a
+    too-big train row under `hbm`, scaling `activations` (of `total`) with the crop's area (the
+    SR stages are convolutional; ssr3 has no spatial attention); None if none does or the stage
+    is not trained on crops. Sides stay multiples of the U-Net's total downsampling."""
+    from t2v_jax import configlib
+
+    config = configlib.load_config(f"{config_path}:{stage}")
+    crop = config.stage.get("random_crop")
+    if not crop:
+        return None
+    step = 2 ** (len(config.model.channel_mults) - 1)
+    for k in (1, 2):
+        h, w = crop[0] >> k, crop[1] >> k
+        share = 1 / 4**k
+        if h % step or w % step:
+            return None
+        if total - activations * (1 - share) <= hbm:
+            return (h, w), share
+    return None
 
 
 def _frame_split_laws(frames_law, small: str, notes: list[str]) -> dict[str, tuple]:
