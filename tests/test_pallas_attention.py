@@ -55,7 +55,7 @@ def test_spacetime_matches_xla_with_image_frames():
 def test_auto_follows_the_target_platform_not_the_host(monkeypatch):
     calls = []
 
-    def fake_splash(q, k, v, *, segments, mesh, interpret):
+    def fake_splash(q, k, v, *, segments, mesh, interpret, frames_split=False):
         calls.append(interpret)
         return jnp.zeros_like(q)
 
@@ -103,3 +103,59 @@ def test_spacetime_image_frames_see_only_themselves(impl):
     _, run_video = _init_apply(module, x, video)
     _, run_video_other = _init_apply(module, other, video)
     assert not np.allclose(run_video(variables)[:, 0], run_video_other(variables)[:, 0], atol=1e-3)
+
+
+def test_shard_specs_follow_the_video_layout():
+    from jax.sharding import PartitionSpec as P
+
+    from t2v_jax.models.pallas_attention import _specs
+
+    mesh = type("M", (), {"shape": {"data": 2, "fsdp": 4, "tensor": 1}})()
+    # Whole videos per chip: the batch over (data, fsdp), the whole sequence on each chip.
+    assert _specs(mesh, 16, 256, 2, False) == (
+        P(("data", "fsdp"), None, "tensor", None), P(("data", "fsdp"), None, "tensor", None),
+        P(("data", "fsdp"), None), P(("data", "fsdp"), None),
+    )  # fmt: skip
+    # Frames split: per-frame attention folds 8 frames x 2 videos frames-major: (fsdp, data).
+    assert _specs(mesh, 16, 256, 2, True)[0] == P(("fsdp", "data"), None, "tensor", None)
+    # Joint / cross attention of 2 videos: the queries' 2048 tokens over fsdp, every key whole.
+    q, kv, q_seg, kv_seg = _specs(mesh, 2, 2048, 2, True)
+    assert q == P(("data",), "fsdp", "tensor", None) and kv == P(("data",), None, "tensor", None)
+    assert q_seg == P(("data",), "fsdp") and kv_seg == P(("data",), None)
+    # A query shard shorter than a block (256 tokens over 4 chips): the sequence stays whole.
+    assert _specs(mesh, 2, 256, 2, True)[0] == P(("data",), None, "tensor", None)
+
+
+@pytest.mark.parametrize("block", ["spatial", "cross"])
+def test_frames_split_kernel_matches_xla(block):
+    # Under video_sharding="frames" (frames over fsdp=4, batch over data=2), the kernel runs on
+    # each chip's frames (spatial: folded frames-major) or its frames' queries against every
+    # key (cross), interpret mode, and gives the unsharded XLA numbers.
+    import flax.linen as nn
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from t2v_jax.video_layout import VideoLayout
+
+    mesh = sharding.make_mesh(sharding.MeshConfig(2, 4, 1))
+    x = jax.random.normal(jax.random.key(6), (2, 4, 16, 16, 32))  # 256 queries a frame
+    text = jax.random.normal(jax.random.key(7), (2, 5, 16))
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], bool)
+    if block == "spatial":
+        make, inputs = (lambda impl: attn.SpatialSelfAttention(2, 8, impl=impl)), (x,)
+    else:
+        make, inputs = (lambda impl: attn.CrossAttention(2, impl=impl)), (x, text, mask)
+    variables, xla_fn = _init_apply(make("xla"), *inputs)
+    want = xla_fn(variables)
+    module = make("pallas")
+    x_split = jax.device_put(x, NamedSharding(mesh, P("data", "fsdp")))
+
+    @jax.jit
+    def split(v, x_in):
+        with (
+            platform.compile_target("cpu", mesh),
+            nn.logical_axis_rules(VideoLayout(mesh, "frames").rules()),
+        ):
+            return module.apply(v, x_in, *inputs[1:])
+
+    np.testing.assert_allclose(split(variables, x_split), want, atol=2e-5, rtol=2e-5)

@@ -25,6 +25,7 @@ from t2v_jax.models.layers import (
     GroupNorm,
     LayerNorm,
     default_init,
+    frames_split,
     merge_frames,
     param,
     sinusoidal_embedding,
@@ -91,8 +92,9 @@ def attention(
                 f"q {q.shape}, k {k.shape}, bias={bias is not None}, mask={mask is not None}"
             )
         return pallas_attention.splash(
-            q, k, v, segments=segments, mesh=platform.target_mesh(), interpret=target != "tpu"
-        )
+            q, k, v, segments=segments, mesh=platform.target_mesh(), interpret=target != "tpu",
+            frames_split=frames_split(),
+        )  # fmt: skip
     if segments is not None:
         q_seg, kv_seg = segments
         seg_mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]  # [N, 1, S, S']

@@ -3,7 +3,8 @@
 The kernel takes one example's q [H, S, D], k/v [H, S', D] and an optional pair of segment-id
 vectors; it is vmapped over the batch here and, given a mesh, run under `shard_map` with the
 batch over (`data`, `fsdp`) and heads over `tensor` (a Pallas call is opaque to the SPMD
-partitioner, which would otherwise gather its operands onto every chip). Lengths are padded
+partitioner, which would otherwise gather its operands onto every chip); with a video's frames
+split over `fsdp`, each chip's frames or its frames' queries (`_specs`). Lengths are padded
 up to the kernel's 128-lane blocks: padded keys get a segment id no query has; padded queries
 copy the last real query's id (so no row is empty) and are sliced off. Off TPU the same kernel
 runs in Pallas interpret mode, which is how its numerics are tested on CPU.
@@ -86,11 +87,13 @@ def splash(
     segments: tuple[jax.Array, jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     interpret: bool = False,
+    frames_split: bool = False,
 ) -> jax.Array:
     """Softmax(q k^T / sqrt(D)) v with the splash kernel. q [N, S, H, D], k/v [N, S', H, D].
 
     segments: (q_seg [N, S], kv_seg [N, S'] non-negative ints); a query attends to the keys of
-    its own segment only. None: every query sees every key.
+    its own segment only. None: every query sees every key. frames_split: the activations'
+    frames are split over `fsdp` (`Pipeline(video_sharding="frames")`; see `_specs`).
     """
     n, s, h, d = q.shape
     s_kv = k.shape[1]
@@ -104,12 +107,31 @@ def splash(
     kv_seg = _pad_to_block(kv_seg, 1, value=_PAD_SEGMENT)
     local = functools.partial(_local, interpret=interpret)
     if mesh is not None and mesh.size > 1:
-        batch_axes = ("data", "fsdp")
-        batch = batch_axes if n % math.prod(mesh.shape[a] for a in batch_axes) == 0 else None
-        heads = "tensor" if h % mesh.shape["tensor"] == 0 else None
-        qkv, seg = P(batch, None, heads, None), P(batch, None)
+        qs, kvs, q_segs, kv_segs = _specs(mesh, n, q.shape[1], h, frames_split)
         local = jax.shard_map(
-            local, mesh=mesh, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv,
+            local, mesh=mesh, in_specs=(qs, kvs, kvs, q_segs, kv_segs), out_specs=qs,
             check_vma=False,
         )  # fmt: skip
     return local(q, k, v, q_seg, kv_seg)[:, :s]
+
+
+def _specs(mesh: jax.sharding.Mesh, n: int, s: int, h: int, frames_split: bool) -> tuple:
+    """shard_map specs (q / out, k / v, q segments, kv segments) for q [N, S (padded), H, D].
+
+    The batch N goes over (`data`, `fsdp`), heads over `tensor`. With frames split over `fsdp`,
+    per-frame (spatial) attention has N = frames x batch folded frames-major
+    (`layers.merge_frames`), so N goes over (`fsdp`, `data`) in that order; joint space-time and
+    cross attention have N = the batch and a frames-major sequence, so their queries' sequence
+    goes over `fsdp` (each chip its own frames' queries, against every key). An axis that does
+    not divide its dimension (or leaves a query shard shorter than a block) is not used.
+    """
+    size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+    heads = "tensor" if h % mesh.shape["tensor"] == 0 else None
+    batch, seq = ("data", "fsdp"), None
+    if frames_split:
+        batch = ("fsdp", "data")
+        if n % size(batch):
+            batch = ("data",)
+            seq = "fsdp" if s % (mesh.shape["fsdp"] * BLOCK) == 0 else None
+    batch = batch if n % size(batch) == 0 else None
+    return P(batch, seq, heads, None), P(batch, None, heads, None), P(batch, seq), P(batch, None)
