@@ -505,3 +505,16 @@ def test_paper_table_fixes_a_too_big_train_step_by_accumulation_then_smaller_cro
     crops = rows["v5e:16x16 (256)", "train, tensor=2, 96x160 crops (extrap.)"]
     assert temp(crops) == pytest.approx(8.5) and crops[9].strip() == "yes"
     assert "stage.random_crop=(96, 160)" in crops[11]
+
+
+def test_a_law_with_negative_activations_falls_back_to_the_full_width_compile():
+    # ssr2's train temporaries, measured: 19.3 GiB at 128 channels (2.73 GiB of params), 30.4
+    # GiB at its own 160 (4.18 GiB): faster than act*w + g*P allows with act >= 0.
+    GiB = 2**30
+    reports = {
+        w: {"params_bytes": p * GiB, "train": {"temp_bytes": t * GiB},
+            "train_cost": {"flops": 1.0, "bytes_accessed": 1.0}}
+        for w, p, t in ((0.8, 2.73, 19.35), (1.0, 4.18, 30.39))
+    }  # fmt: skip
+    out = width_law.extrapolate(reports, 2, "train", weights_per_chip=0.5 * GiB)
+    assert out["bound"] and out["temp"] == pytest.approx(2 * 30.39 * GiB)

@@ -46,6 +46,8 @@ def extrapolate(
     weight-sized temporaries are rebuilt from the share ("temp_law": ("weights", act, per_weight)).
     A negative fitted weight term (temporaries that do not grow with the weights, e.g. a
     sampler's) is dropped and the activation term bounded by the larger of the two points'.
+    A fit whose activation term comes out negative where the stage's own width was compiled
+    falls back to that compile alone.
     One width (w = 1, measured): every term times the batch, an upper bound ("bound": True) for
     more than one sample per chip or where the compile held more weights than `weights_per_chip`.
     """
@@ -60,6 +62,10 @@ def extrapolate(
         # temporaries are the whole model's, so the figure is an upper bound too.
         whole = weights_per_chip is not None and weights_per_chip < r.get("params_bytes", 0)
         return {**out, "bound": per_chip_batch > 1 or whole}
+    if pts[-1][0] == 1.0 and weights_per_chip is not None:
+        act, _ = fit_weights([(w, r["params_bytes"], get("temp", r)) for w, r in pts])
+        if act < 0:  # temporaries grew faster than any such law (ssr2, 128 -> 160 channels):
+            return extrapolate(dict(pts[-1:]), per_chip_batch, program, pad, weights_per_chip)
     grow = pad if pts[-1][0] < 1.0 else 1.0
     out = {"bound": False}
     for key in ("temp", "flops", "bytes_accessed"):
