@@ -36,11 +36,14 @@ Where a training row does not fit, the tool halves the per-chip batch until it d
 that setting; at one sample per chip the knob left is splitting each sample over `tensor`, and
 the next row shows that setting (mesh data,fsdp,2 with train.grad_accum_steps=2, and the
 head_dim that gives every level an even head count where the config's does not), its
-temporaries extrapolated as half a sample's activations plus a gradient accumulator. A sampling
-row whose replicated params do not fit is shown with Pipeline(param_sharding="sharded").
+temporaries extrapolated as half a sample's activations plus a gradient accumulator (and, for a
+stage trained on crops that is still too big, a row with the crops halved per side). A sampling
+row whose replicated params do not fit is shown with Pipeline(param_sharding="sharded"); one
+whose single video does not fit is followed by the row that splits each video's frames over F
+chips (Pipeline(video_sharding="frames")), its temporaries, FLOPs and bytes by the frame-split
+law (`width_law.fit_frame_split`) compiled for the --frames-law stage over 2 and 4 chips.
 
-  python tools/paper_table.py --slices v5p-128,v5e-256 --widths 128,256 --check base:384 \
-      > table.md
+  python tools/paper_table.py --slices v5p-128,v5e-256 > table.md   # the docs table
 
 Each compile runs `tools/aot_check.py --topology` in a subprocess (one at a time; the train step
 and the sampler in separate ones, since one alone can need ~20 GB of host memory), timed and
