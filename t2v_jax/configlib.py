@@ -27,6 +27,15 @@ class ConfigError(ValueError):
     """A config value is unknown, missing or of the wrong type; the message names the field."""
 
 
+def check_choice(argument: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else a ValueError naming `argument` and the choices."""
+    if value not in choices:
+        raise ValueError(
+            f"{argument}: expected one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+    return value
+
+
 def to_dict(cfg: Any) -> Any:
     """Plain-Python (JSON-friendly) view of a ConfigDict, dataclass, or nested mapping."""
     if isinstance(cfg, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):

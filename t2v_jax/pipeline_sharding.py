@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from t2v_jax import sharding
+from t2v_jax.configlib import check_choice
 from t2v_jax.models.config import UNetConfig
 from t2v_jax.models.unet3d import VideoUNet
 
@@ -38,12 +39,7 @@ log = logging.getLogger(__name__)
 
 def check_mode(value: Any) -> str:
     """Validates a `param_sharding` argument ("auto", "replicated" or "sharded")."""
-    if value not in PARAM_SHARDING_MODES:
-        raise ValueError(
-            f"param_sharding: expected one of {', '.join(map(repr, PARAM_SHARDING_MODES))}, "
-            f"got {value!r}"
-        )
-    return value
+    return check_choice("param_sharding", value, PARAM_SHARDING_MODES)
 
 
 def sampling_rules(rules: sharding.Rules = sharding.DEFAULT_RULES) -> sharding.Rules:

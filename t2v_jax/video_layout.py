@@ -31,6 +31,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from t2v_jax import axes, sharding
+from t2v_jax.configlib import check_choice
 
 VIDEO_SHARDING_MODES = ("batch", "frames")
 FRAMES_AXIS = "fsdp"  # the mesh axis a video's frames are split over under "frames"
@@ -38,12 +39,7 @@ FRAMES_AXIS = "fsdp"  # the mesh axis a video's frames are split over under "fra
 
 def check_mode(value: Any) -> str:
     """Validates a `video_sharding` argument ("batch" or "frames")."""
-    if value not in VIDEO_SHARDING_MODES:
-        raise ValueError(
-            f"video_sharding: expected one of {', '.join(map(repr, VIDEO_SHARDING_MODES))}, "
-            f"got {value!r}"
-        )
-    return value
+    return check_choice("video_sharding", value, VIDEO_SHARDING_MODES)
 
 
 class VideoLayout:

@@ -115,22 +115,32 @@ def get_config(arg):
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
+needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install '.[tpu]'"
 )
-def test_tiny_stage_compiles_with_the_tpu_compiler(tmp_path):
-    # A subprocess: the CLI must set JAX_PLATFORMS / ALLOW_MULTIPLE_LIBTPU_LOAD before jax starts.
+
+
+def _aot_check_tpu(tmp_path, name: str, *flags: str, timeout: int = 1500):
+    """(stdout, the JSON report) of tools/aot_check.py --topology v5e:2x2 on the Pallas tiny
+    base, run as a subprocess: the CLI must set JAX_PLATFORMS / ALLOW_MULTIPLE_LIBTPU_LOAD
+    before jax starts."""
     config = tmp_path / "pallas_tiny.py"
     config.write_text(_PALLAS_CONFIG.format(tiny=str(ROOT / "configs/tiny.py")))
-    out = tmp_path / "report.json"
+    out = tmp_path / f"{name}.json"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     cmd = [sys.executable, str(ROOT / "tools/aot_check.py"), "--topology", "v5e:2x2",
-           "--config", str(config), "--stages", "base", "--batch", "4", "--json", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+           "--config", str(config), "--stages", "base", "--json", str(out), *flags]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert "TPU compiler, v5e:2x2" in proc.stdout and "roofline train_step" in proc.stdout
     (report,) = json.loads(out.read_text())
+    return proc.stdout, report
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_tiny_stage_compiles_with_the_tpu_compiler(tmp_path):
+    stdout, report = _aot_check_tpu(tmp_path, "report", "--batch", "4")
+    assert "TPU compiler, v5e:2x2" in stdout and "roofline train_step" in stdout
     assert report["platform"] == "tpu" and not report["estimate"] and report["fits"]
     assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     assert report["budget_bytes"] == chips.CHIPS["v5e"].hbm_bytes
@@ -146,25 +156,16 @@ def test_tiny_stage_compiles_with_the_tpu_compiler(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install '.[tpu]'"
-)
+@needs_libtpu
 def test_frames_split_sampler_compiles_with_the_tpu_compiler(tmp_path):
     # One 8-frame video over the 4 chips of v5e:2x2 (video_sharding="frames", Pallas attention
     # on the frames folded frames-major) against one whole video per chip (batch 4).
-    config = tmp_path / "pallas_tiny.py"
-    config.write_text(_PALLAS_CONFIG.format(tiny=str(ROOT / "configs/tiny.py")))
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     reports = {}
     for layout, batch in (("frames", 1), ("batch", 4)):
-        out = tmp_path / f"{layout}.json"
-        cmd = [sys.executable, str(ROOT / "tools/aot_check.py"), "--topology", "v5e:2x2",
-               "--config", str(config), "--stages", "base", "--no-train", "--mesh", "1,4,1",
-               "--sample-batch", str(batch), "--video-sharding", layout,
-               "--set", "stage.frames=8", "--json", str(out)]  # fmt: skip
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-        (reports[layout],) = json.loads(out.read_text())
+        _, reports[layout] = _aot_check_tpu(
+            tmp_path, layout, "--no-train", "--mesh", "1,4,1", "--sample-batch", str(batch),
+            "--video-sharding", layout, "--set", "stage.frames=8", timeout=900,
+        )  # fmt: skip
     split, whole = reports["frames"], reports["batch"]
     assert split["platform"] == "tpu" and split["sampler_video_sharding"] == "frames"
     assert split["sampler_cost"]["pallas_kernels"] >= 3
