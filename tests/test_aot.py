@@ -518,3 +518,16 @@ def test_a_law_with_negative_activations_falls_back_to_the_full_width_compile():
     }  # fmt: skip
     out = width_law.extrapolate(reports, 2, "train", weights_per_chip=0.5 * GiB)
     assert out["bound"] and out["temp"] == pytest.approx(2 * 30.39 * GiB)
+
+
+def test_paper_table_frames_row_with_no_split_to_try_says_it_does_not_fit():
+    # One chip (nothing to split over): the row is the whole video, not fitting (was a NameError).
+    table = _paper_table()
+    GiB = 2**30
+    topo = types.SimpleNamespace(num_chips=1, name="v5e:1x1",
+                                 chip=types.SimpleNamespace(hbm_bytes=16 * GiB))  # fmt: skip
+    state = {"params_replicated": GiB, "params": GiB}
+    row = table._frames_row("configs/tiny.py", "base", topo, state, {"temp": 20 * GiB},
+                            {"temp": (1.0, 0.0)}, "law").split("|")  # fmt: skip
+    assert row[3].strip() == "1,1,1" and row[9].strip() == "**no**"
+    assert "still too big at 1 chips per video" in row[11]

@@ -32,7 +32,8 @@ train step 18 min at 1/32; every compile needs ~10 GB of host memory), so each r
     than v5p's at 128 channels, and refuses 256 channels on its 16 GB). Each row names its law.
   * a roofline step time max(FLOPs / peak, bytes / HBM bandwidth) from t2v_jax/perf/chips.py
     (collectives not counted: an upper bound on speed).
-Where a training row does not fit, the tool halves the per-chip batch until it does and shows
+Where a training row does not fit, the tool halves the samples per chip in flight, keeping the
+paper's batch by accumulating microbatches (train.grad_accum_steps), until it does and shows
 that setting; at one sample per chip the knob left is splitting each sample over `tensor`, and
 the next row shows that setting (mesh data,fsdp,2 with train.grad_accum_steps=2, and the
 head_dim that gives every level an even head count where the config's does not), its
@@ -635,7 +636,8 @@ def _frame_split_laws(frames_law, small: str, notes: list[str]) -> dict[str, tup
         )
         notes.append(f"- frame-split law, {stage} sampler {key} per chip at {channels} channels: "
                      f"1 chip ({small}) {get(whole):.4g}, {measured}; share(F) = "
-                     f"{laws[key][0]:.3f}/F + {laws[key][1]:.3f}")  # fmt: skip
+                     f"{laws[key][0]:.3f}/F {'-' if laws[key][1] < 0 else '+'} "
+                     f"{abs(laws[key][1]):.3f}")  # fmt: skip
     return laws
 
 
@@ -648,15 +650,19 @@ def _frames_row(config_path, stage, topo, state, whole, split, law) -> str:
     from t2v_jax.perf import chips
 
     frames = int(configlib.load_config(f"{config_path}:{stage}").stage.frames)
-    n, hbm, f = topo.num_chips, topo.chip.hbm_bytes, 1
-    while 2 * f <= n and frames % (2 * f) == 0:
-        f *= 2
+    n, hbm = topo.num_chips, topo.chip.hbm_bytes
+
+    def placed(f):  # (temporaries, resident params, their setting) at F chips per video
         temp = whole["temp"] * frame_split_ratio(split["temp"], f)
-        resident, params = state["params_replicated"], ""
-        if resident + temp > hbm:
-            resident, params = state["params"], "param_sharding='sharded', "
-        if resident + temp <= hbm:
-            break
+        if state["params_replicated"] + temp <= hbm:
+            return temp, state["params_replicated"], ""
+        return temp, state["params"], "param_sharding='sharded', "
+
+    f = 1
+    temp, resident, params = placed(f)
+    while resident + temp > hbm and 2 * f <= n and frames % (2 * f) == 0:
+        f *= 2
+        temp, resident, params = placed(f)
     fix = f"{params}video_sharding='frames': {frames // f} of {frames} frames per chip"
     if resident + temp > hbm:
         fix += f"; still too big at {f} chips per video"

@@ -62,15 +62,14 @@ def extrapolate(
         # temporaries are the whole model's, so the figure is an upper bound too.
         whole = weights_per_chip is not None and weights_per_chip < r.get("params_bytes", 0)
         return {**out, "bound": per_chip_batch > 1 or whole}
-    if pts[-1][0] == 1.0 and weights_per_chip is not None:
-        act, _ = fit_weights([(w, r["params_bytes"], get("temp", r)) for w, r in pts])
-        if act < 0:  # temporaries grew faster than any such law (ssr2, 128 -> 160 channels):
+    if weights_per_chip is not None:
+        act, per_weight = fit_weights([(w, r["params_bytes"], get("temp", r)) for w, r in pts])
+        if act < 0 and pts[-1][0] == 1.0:  # grew faster than any such law (ssr2, 128 -> 160):
             return extrapolate(dict(pts[-1:]), per_chip_batch, program, pad, weights_per_chip)
     grow = pad if pts[-1][0] < 1.0 else 1.0
     out = {"bound": False}
     for key in ("temp", "flops", "bytes_accessed"):
         if key == "temp" and weights_per_chip is not None:
-            act, per_weight = fit_weights([(w, r["params_bytes"], get(key, r)) for w, r in pts])
             if per_weight < 0:  # no weight-sized temporaries to see: activations only, bounded
                 act, per_weight = max(get(key, r) / w for w, r in pts), 0.0
             out[key] = per_chip_batch * act * grow + per_weight * weights_per_chip
