@@ -312,12 +312,7 @@ def test_paper_table_reports_a_sampler_the_compiler_refused(tmp_path, capsys, mo
     cache = {"ssr3|v5p:1x1x1|c128|train": train, "ssr3|v5p:1x1x1|c128|sampler": refused}
     # The frame-split law's compiles (tsr2 at its own 128 channels): one video on one chip, and
     # split over 2 and 4 chips keeping 0.55 and 0.30 of it per chip: share(F) = 1/F + 0.05.
-    for where, name, share in (("v5p:1x1x1", "sampler", 1.0), ("v5p:2x1x1", "sampler_frames", 0.55),
-                               ("v5p:2x2x1", "sampler_frames", 0.30)):  # fmt: skip
-        cache[f"tsr2|{where}|c128|{name}"] = {
-            "sampler": {"temp_bytes": share * 10 * 2**30},
-            "sampler_cost": {"flops": share * 1e12, "bytes_accessed": share * 1e11},
-        }
+    cache.update(_frame_split_compiles({1: 1.0, 2: 0.55, 4: 0.30}))
     cache["state|ssr3"] = {str(n): {"mesh": [n // 64, 64, 1], "num_params": 3.3e8,
                                     "params": 2**28, "ema": 2**28, "opt": 2**29,
                                     "params_replicated": 1.3e9, "batch": 256}
@@ -338,6 +333,41 @@ def test_paper_table_reports_a_sampler_the_compiler_refused(tmp_path, capsys, mo
     assert split_row[3].strip() == "8,8,1" and split_row[9].strip() == "yes"
     assert "video_sharding='frames': 16 of 128 frames per chip" in split_row[11]
     assert "temp per chip at 128 channels" in out and "share(F) = 1.000/F + 0.050" in out
+
+
+def _frame_split_compiles(shares: dict[int, float]) -> dict:
+    """Cached tsr2 sampler compiles (its own 128 channels) with one video over F chips, each
+    chip keeping shares[F] of the one-chip figures (10 GiB, 1e12 FLOPs, 1e11 bytes)."""
+    where = {1: "v5p:1x1x1", 2: "v5p:2x1x1", 4: "v5p:2x2x1", 8: "v5p:2x2x2"}
+    return {
+        f"tsr2|{where[f]}|c128|{'sampler' if f == 1 else 'sampler_frames'}": {
+            "sampler": {"temp_bytes": share * 10 * 2**30},
+            "sampler_cost": {"flops": share * 1e12, "bytes_accessed": share * 1e11},
+        }
+        for f, share in shares.items()
+    }
+
+
+def test_paper_table_checks_the_frame_split_law_at_8_chips(tmp_path, capsys):
+    """--frames-check 8: the law fitted at 2 and 4 chips (1/F + 0.05) predicts 0.175 of one
+    chip's figures at 8; the 8-chip compile kept 0.20, so the law is 12.5% under. Nothing
+    compiles (all cached); a split the tool has no slice for stops before anything runs."""
+    table = _paper_table()
+    cache = _frame_split_compiles({1: 1.0, 2: 0.55, 4: 0.30, 8: 0.20})
+    path = tmp_path / "cache.json"
+    path.write_text(json.dumps(cache))
+    table.main(["--stages", "", "--cross", "", "--slices", "v5p-128", "--cache", str(path),
+                "--frames-check", "8"])  # fmt: skip
+    out = capsys.readouterr().out
+    (temp,) = [
+        n for n in out.splitlines() if n.startswith("- frame-split law check") and "temp" in n
+    ]
+    assert "over 8 chips" in temp and "(-12.5%)" in temp
+    assert f"law {0.175 * 10 * 2**30:.4g}, compiled {0.20 * 10 * 2**30:.4g}" in temp
+    assert table.split_slice("v5p:1x1x1", 8) == "v5p:2x2x2"
+    assert table.split_slice("v5e:1x1", 8) == "v5e:2x4"
+    with pytest.raises(SystemExit, match="--frames-check: 8 chips per video, got 16"):
+        table.main(["--cache", str(path), "--frames-check", "16", "--compile-only"])
 
 
 def test_paper_table_splits_a_sample_over_tensor_only_where_the_config_allows():

@@ -42,7 +42,8 @@ stage trained on crops that is still too big, a row with the crops halved per si
 row whose replicated params do not fit is shown with Pipeline(param_sharding="sharded"); one
 whose single video does not fit is followed by the row that splits each video's frames over F
 chips (Pipeline(video_sharding="frames")), its temporaries, FLOPs and bytes by the frame-split
-law (`width_law.fit_frame_split`) compiled for the --frames-law stage over 2 and 4 chips.
+law (`width_law.fit_frame_split`) compiled for the --frames-law stage over 2 and 4 chips;
+`--frames-check 8` compiles it over 8 chips too and prints the law's error there.
 
   python tools/paper_table.py --slices v5p-128,v5e-256 > table.md   # the docs table
 
@@ -100,6 +101,13 @@ def _args(argv):
         help="the stage whose sampler also compiles with one video's frames split over "
         f"{' and '.join(map(str, FRAME_SPLITS))} chips (video_sharding='frames'): the law "
         "behind the rows that split a video",
+    )
+    parser.add_argument(
+        "--frames-check",
+        type=int,
+        default=None,
+        help="chips per video (8) the --frames-law stage's sampler also compiles over, to test "
+        "the law fitted at the smaller splits",
     )
     parser.add_argument("--compile-only", action="store_true", help="fill the cache, no table")
     parser.add_argument(
@@ -282,9 +290,11 @@ def tensor_split(config_path: str, stage: str, chips: int, fsdp: int) -> dict:
 
 
 def split_slice(small: str, chips: int) -> str:
-    """The slice of `small`'s chip kind with `chips` (2 or 4) chips: v5p:1x1x1 -> v5p:2x2x1."""
+    """The slice of `small`'s chip kind with `chips` (2, 4 or 8) chips: v5p:1x1x1 -> v5p:2x2x1;
+    v5e:1x1 -> v5e:2x4 at 8."""
     kind, shape = small.split(":")
-    dims = {2: [2, 1, 1], 4: [2, 2, 1]}[chips][: len(shape.split("x"))]
+    rank = len(shape.split("x"))
+    dims = {2: [2, 1, 1], 4: [2, 2, 1], 8: [2, 2, 2] if rank == 3 else [2, 4]}[chips][:rank]
     return f"{kind}:{'x'.join(map(str, dims))}"
 
 
@@ -348,10 +358,12 @@ def main(argv=None) -> int:
     os.environ["JAX_PLATFORMS"] = "cpu"
     from t2v_jax.perf import chips
 
-    stages = args.stages.split(",")
+    stages = [s for s in args.stages.split(",") if s]  # none: e.g. only the frame-split law
     widths = [int(w) for w in args.widths.split(",")]
     if len(widths) != 2 or any(w % 128 for w in widths) or widths[0] >= widths[1]:
         raise SystemExit(f"--widths: two increasing multiples of 128 channels, got {args.widths}")
+    if args.frames_check not in (None, 8):  # 2 and 4 fit the law; 8 is the next slice up
+        raise SystemExit(f"--frames-check: 8 chips per video, got {args.frames_check}")
     small = {chips.parse_topology(s).chip.name: s for s in args.small.split(",")}
     slices = [chips.parse_topology(s) for s in args.slices.split(",")]
     cache_path = pathlib.Path(args.cache)
@@ -392,8 +404,9 @@ def main(argv=None) -> int:
         first = args.small.split(",")[0]
         whole = program(args.frames_law, first, channels, "sampler")
         splits = {f: program(args.frames_law, split_slice(first, f), channels, "sampler_frames")
-                  for f in FRAME_SPLITS}  # fmt: skip
-        frames_law = (args.frames_law, channels, whole, splits)
+                  for f in (*FRAME_SPLITS, *([args.frames_check] if args.frames_check else []))}  # fmt: skip
+        checks = {f: splits.pop(f) for f in list(splits) if f not in FRAME_SPLITS}
+        frames_law = (args.frames_law, channels, whole, splits, checks)
     if args.compile_only:
         return 0
     print(table(args, stages, widths, slices, small, compiled, check, cache, cross, frames_law))
@@ -621,7 +634,7 @@ def _frame_split_laws(frames_law, small: str, notes: list[str]) -> dict[str, tup
     """{temp / flops / bytes_accessed: (alpha, beta)}: a chip's share of one video's sampler
     figure with its frames split over F chips, alpha/F + beta (`width_law.fit_frame_split`),
     from the stage compiled whole on one chip and split over each of FRAME_SPLITS chips."""
-    stage, channels, whole, splits = frames_law
+    stage, channels, whole, splits, checks = frames_law
     getters = {
         "temp": lambda r: r["sampler"]["temp_bytes"],
         "flops": lambda r: r["sampler_cost"]["flops"],
@@ -638,6 +651,10 @@ def _frame_split_laws(frames_law, small: str, notes: list[str]) -> dict[str, tup
                      f"1 chip ({small}) {get(whole):.4g}, {measured}; share(F) = "
                      f"{laws[key][0]:.3f}/F {'-' if laws[key][1] < 0 else '+'} "
                      f"{abs(laws[key][1]):.3f}")  # fmt: skip
+        for f, r in checks.items():  # a split beyond the fitted ones: the law's error there
+            guess = get(whole) * frame_split_ratio(laws[key], f)
+            notes.append(f"- frame-split law check, {stage} sampler {key} per chip over {f} chips: "
+                         f"law {guess:.4g}, compiled {get(r):.4g} ({guess / get(r) - 1:+.1%})")  # fmt: skip
     return laws
 
 
