@@ -42,8 +42,9 @@ stage trained on crops that is still too big, a row with the crops halved per si
 row whose replicated params do not fit is shown with Pipeline(param_sharding="sharded"); one
 whose single video does not fit is followed by the row that splits each video's frames over F
 chips (Pipeline(video_sharding="frames")), its temporaries, FLOPs and bytes by the frame-split
-law (`width_law.fit_frame_split`) compiled for the --frames-law stage over 2 and 4 chips;
-`--frames-check 8` compiles it over 8 chips too and prints the law's error there.
+law (`width_law.fit_frame_split`) compiled for the --frames-law stage over --frame-splits chips
+(2, 4 and 8): the law goes through the two largest splits, and the law through the two smallest
+is checked at the largest (its error printed).
 
   python tools/paper_table.py --slices v5p-128,v5e-256 > table.md   # the docs table
 
@@ -99,15 +100,14 @@ def _args(argv):
         "--frames-law",
         default="tsr2",
         help="the stage whose sampler also compiles with one video's frames split over "
-        f"{' and '.join(map(str, FRAME_SPLITS))} chips (video_sharding='frames'): the law "
+        "--frame-splits chips (video_sharding='frames'): the law "
         "behind the rows that split a video",
     )
     parser.add_argument(
-        "--frames-check",
-        type=int,
-        default=None,
-        help="chips per video (8) the --frames-law stage's sampler also compiles over, to test "
-        "the law fitted at the smaller splits",
+        "--frame-splits",
+        default="2,4,8",
+        help="chips per video the --frames-law stage's sampler compiles over (2, 4, 8): the law "
+        "goes through the two largest, and a third split checks the law through the two smallest",
     )
     parser.add_argument("--compile-only", action="store_true", help="fill the cache, no table")
     parser.add_argument(
@@ -129,9 +129,9 @@ PROGRAMS = ("train", "sampler")  # compiled in separate processes: one alone nee
 NO_FIT = "does not fit at 1 sample/chip: split each sample over tensor=2 (next row)"
 # A sampling row whose one video is more than a chip holds: the row after it splits each
 # video's frames over chips (Pipeline(video_sharding="frames")), extrapolated by the frame-split
-# law, compiled with one video over FRAME_SPLITS chips.
+# law, compiled with one video over each of --frame-splits chips.
 SPLIT_VIDEO = "split each video's frames over chips (next row)"
-FRAME_SPLITS = (2, 4)
+SPLIT_SLICES = (2, 4, 8)  # chips per video split_slice has a slice for
 
 
 def _compile(config: str, stage: str, small: str, channels: int, program: str) -> dict:
@@ -289,6 +289,18 @@ def tensor_split(config_path: str, stage: str, chips: int, fsdp: int) -> dict:
     return {"error": error}
 
 
+def _frame_splits(text: str) -> list[int]:
+    """--frame-splits: two or more increasing chip counts per video, each one of SPLIT_SLICES."""
+    try:
+        splits = [int(f) for f in text.split(",")]
+    except ValueError:
+        splits = []
+    if len(splits) < 2 or splits != sorted(set(splits)) or not set(splits) <= set(SPLIT_SLICES):
+        raise SystemExit(f"--frame-splits: two or more increasing values of {SPLIT_SLICES}, "
+                         f"got {text!r}")  # fmt: skip
+    return splits
+
+
 def split_slice(small: str, chips: int) -> str:
     """The slice of `small`'s chip kind with `chips` (2, 4 or 8) chips: v5p:1x1x1 -> v5p:2x2x1;
     v5e:1x1 -> v5e:2x4 at 8."""
@@ -362,8 +374,7 @@ def main(argv=None) -> int:
     widths = [int(w) for w in args.widths.split(",")]
     if len(widths) != 2 or any(w % 128 for w in widths) or widths[0] >= widths[1]:
         raise SystemExit(f"--widths: two increasing multiples of 128 channels, got {args.widths}")
-    if args.frames_check not in (None, 8):  # 2 and 4 fit the law; 8 is the next slice up
-        raise SystemExit(f"--frames-check: 8 chips per video, got {args.frames_check}")
+    frame_splits = _frame_splits(args.frame_splits)
     small = {chips.parse_topology(s).chip.name: s for s in args.small.split(",")}
     slices = [chips.parse_topology(s) for s in args.slices.split(",")]
     cache_path = pathlib.Path(args.cache)
@@ -399,14 +410,13 @@ def main(argv=None) -> int:
             for channels in own if kind == primary else own[:1]:
                 compiled(stage, kind, channels)
     frames_law = None
-    if args.frames_law:  # one video over 2 and 4 chips vs on one chip, at the stage's first width
+    if args.frames_law:  # one video over --frame-splits chips vs on one, at the stage's first width
         channels = stage_widths(args.config, args.frames_law, widths)[0]
         first = args.small.split(",")[0]
         whole = program(args.frames_law, first, channels, "sampler")
         splits = {f: program(args.frames_law, split_slice(first, f), channels, "sampler_frames")
-                  for f in (*FRAME_SPLITS, *([args.frames_check] if args.frames_check else []))}  # fmt: skip
-        checks = {f: splits.pop(f) for f in list(splits) if f not in FRAME_SPLITS}
-        frames_law = (args.frames_law, channels, whole, splits, checks)
+                  for f in frame_splits}  # fmt: skip
+        frames_law = (args.frames_law, channels, whole, splits)
     if args.compile_only:
         return 0
     print(table(args, stages, widths, slices, small, compiled, check, cache, cross, frames_law))
@@ -505,10 +515,7 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross, fr
         own = stage_widths(args.config, stage, widths)
         kinds = [k for k in small if k == primary or stage in cross]
         for kind, c in ((k, c) for k in kinds for c in (own if k == primary else own[:1])):
-            r = compiled(stage, kind, c)
-            host.append(f"| {stage} | {small[kind]} | {c} | {r['compile_s'].get('train_step', 0):.0f} "
-                        f"| {r['compile_s'].get('sampler', 0):.0f} | {r['host']['wall_s']:.0f} "
-                        f"| {r['host']['peak_rss_gib']:.1f} |")  # fmt: skip
+            host.append(_host_row(stage, small[kind], c, compiled(stage, kind, c)))
     if check:
         stage, channels = check[0], int(check[1])
         for kind in [primary]:
@@ -520,6 +527,12 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross, fr
                 guess = predict(law[f"{key}_law"], w, measured["params_bytes"])
                 notes.append(f"- {stage} train {key} at {channels} channels on {small[kind]}: law "
                              f"{guess:.4g}, compiled {value:.4g} ({guess / value - 1:+.1%})")  # fmt: skip
+            host.append(_host_row(stage, f"{small[kind]} (law check)", channels, measured))
+    if frames_law:
+        stage, channels, _, splits = frames_law
+        for f, r in splits.items():
+            where = f"{split_slice(small[primary], f)} (one video, frames split)"
+            host.append(_host_row(stage, where, channels, r))
     out = "\n".join(rows)
     out += (
         "\n\nLaw checks (a third width, compiled) and chip ratios (the other chips' rows use "
@@ -531,6 +544,14 @@ def table(args, stages, widths, slices, small, compiled, check, cache, cross, fr
             "| stage | slice | base channels | train compile s | sampler compile s | wall s | peak RSS GiB |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(host))  # fmt: skip
     return out
+
+
+def _host_row(stage: str, where: str, channels: int, report: dict) -> str:
+    """A row of the compiles table: TPU compile seconds, and the process's wall and peak RSS."""
+    compile_s, host = report["compile_s"], report["host"]
+    return (f"| {stage} | {where} | {channels} | {compile_s.get('train_step', 0):.0f} | "
+            f"{compile_s.get('sampler', 0):.0f} | {host['wall_s']:.0f} | "
+            f"{host['peak_rss_gib']:.1f} |")  # fmt: skip
 
 
 def _cached_state(config, stage, slices, cache) -> dict:
@@ -633,28 +654,44 @@ def _smaller_crop(config_path, stage, activations, total, hbm):
 def _frame_split_laws(frames_law, small: str, notes: list[str]) -> dict[str, tuple]:
     """{temp / flops / bytes_accessed: (alpha, beta)}: a chip's share of one video's sampler
     figure with its frames split over F chips, alpha/F + beta (`width_law.fit_frame_split`),
-    from the stage compiled whole on one chip and split over each of FRAME_SPLITS chips."""
-    stage, channels, whole, splits, checks = frames_law
+    through the two largest splits compiled (the nearest to the table's rows, which split over 8
+    chips or more); with three splits or more, the law through the two smallest is checked at
+    the largest. `cost_analysis` counts a loop's body once, so a split whose FLOPs per chip fall
+    below an exact split's (1/F of the whole video's: no partition of the same work does less)
+    is one where the compiler turned dots into loops (windowed, collective matmuls): its FLOPs
+    and bytes are undercounts and stay out of those two laws (its temporaries are real)."""
+    stage, channels, whole, splits = frames_law
     getters = {
         "temp": lambda r: r["sampler"]["temp_bytes"],
         "flops": lambda r: r["sampler_cost"]["flops"],
         "bytes_accessed": lambda r: r["sampler_cost"]["bytes_accessed"],
     }
+    flops = getters["flops"]
+    undercounted = {f for f, r in splits.items() if flops(r) < 0.99 * flops(whole) / f}
     laws = {}
     for key, get in getters.items():
         points = {f: get(r) / get(whole) for f, r in splits.items()}
-        laws[key] = fit_frame_split(points)
+        usable = sorted(f for f in points if key == "temp" or f not in undercounted)
+        if len(usable) < 2:
+            raise SystemExit(f"--frame-splits: the {key} law needs two splits whose cost analysis "
+                             f"counts every loop trip, got {usable} of {sorted(points)}")  # fmt: skip
+        laws[key] = fit_frame_split({f: points[f] for f in usable[-2:]})
         measured = ", ".join(
-            f"{f} chips {get(r):.4g} ({points[f]:.3f}x)" for f, r in splits.items()
+            f"{f} chips {get(r):.4g} ({points[f]:.3f}x"
+            f"{'; undercounted: loops, left out' if f not in usable else ''})"
+            for f, r in splits.items()
         )
         notes.append(f"- frame-split law, {stage} sampler {key} per chip at {channels} channels: "
                      f"1 chip ({small}) {get(whole):.4g}, {measured}; share(F) = "
                      f"{laws[key][0]:.3f}/F {'-' if laws[key][1] < 0 else '+'} "
-                     f"{abs(laws[key][1]):.3f}")  # fmt: skip
-        for f, r in checks.items():  # a split beyond the fitted ones: the law's error there
-            guess = get(whole) * frame_split_ratio(laws[key], f)
+                     f"{abs(laws[key][1]):.3f} (through {usable[-2]} and {usable[-1]} chips)")  # fmt: skip
+        if len(usable) >= 3:  # the law from the two smallest splits, at the largest
+            near = fit_frame_split({f: points[f] for f in usable[:2]})
+            f = usable[-1]
+            guess = get(whole) * frame_split_ratio(near, f)
             notes.append(f"- frame-split law check, {stage} sampler {key} per chip over {f} chips: "
-                         f"law {guess:.4g}, compiled {get(r):.4g} ({guess / get(r) - 1:+.1%})")  # fmt: skip
+                         f"law through {usable[0]} and {usable[1]} chips {guess:.4g}, compiled "
+                         f"{get(splits[f]):.4g} ({guess / get(splits[f]) - 1:+.1%})")  # fmt: skip
     return laws
 
 
