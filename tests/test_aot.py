@@ -585,4 +585,4 @@ def test_paper_table_frames_row_with_no_split_to_try_says_it_does_not_fit():
     row = table._frames_row("configs/tiny.py", "base", topo, state, {"temp": 20 * GiB},
                             {"temp": (1.0, 0.0)}, "law").split("|")  # fmt: skip
     assert row[3].strip() == "1,1,1" and row[9].strip() == "**no**"
-    assert "still too big at 1 chips per video" in row[11]
+    assert "still too big at 1 chips per video: chips with more HBM" in row[11]

@@ -719,7 +719,7 @@ def _frames_row(config_path, stage, topo, state, whole, split, law) -> str:
         temp, resident, params = placed(f)
     fix = f"{params}video_sharding='frames': {frames // f} of {frames} frames per chip"
     if resident + temp > hbm:
-        fix += f"; still too big at {f} chips per video"
+        fix += f"; still too big at {f} chips per video: chips with more HBM, or a finer split"
     roof = None  # refused on one chip: no cost analysis to scale
     if "flops" in whole:
         roof = chips.roofline(whole["flops"] * frame_split_ratio(split["flops"], f),
