@@ -218,6 +218,7 @@ class Pipeline:
                 num_steps,
                 sampler=cfg.sampler,
                 schedule_cfg=cfg.schedule,
+                time_grid=cfg.time_grid,
                 guidance=guidance,
                 uncond_cond=None
                 if guidance.is_identity or weight_input

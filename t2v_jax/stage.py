@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from t2v_jax.diffusion import consistency, schedules
+from t2v_jax.diffusion import consistency, samplers, schedules
 from t2v_jax.models.config import UNetConfig
 
 
@@ -27,6 +27,9 @@ class StageConfig:
       fps: frames per second of this stage's output.
       num_steps: default number of denoising steps.
       sampler: "ddim", "ddpm" or "dpmpp_2m".
+      time_grid: the log-SNRs the steps visit: "uniform" in the schedule's time (default; the
+        grid distilled students are trained on) or "karras" (EDM's rho = 7 spacing: more steps
+        at low noise, where fine detail is drawn; `samplers.sampling_log_snrs`).
       guidance_scale: classifier-free guidance weight w (1 = off).
       guidance_schedule: "constant" or "oscillating" (Imagen Video: w for the first
         `oscillate_after` steps, then alternating w and `low_guidance_scale`).
@@ -56,6 +59,7 @@ class StageConfig:
     low_width: int = 0
     num_steps: int = 32
     sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim"
+    time_grid: Literal["uniform", "karras"] = "uniform"
     guidance_scale: float = 1.0
     guidance_schedule: Literal["constant", "oscillating"] = "constant"
     oscillate_after: int = 0
@@ -81,6 +85,7 @@ class StageConfig:
         if not 0.0 <= self.cond_noise_t <= 1.0:
             raise ValueError(f"stage {self.name}: cond_noise_t must be in [0, 1]")
         consistency.check_mode(self.data_consistency, f"stage {self.name}: data_consistency")
+        samplers.check_time_grid(self.time_grid, f"stage {self.name}: time_grid")
         if self.data_consistency in consistency.SPATIAL_MODES and (
             self.kind != "ssr" or self.frames != self.low_frames
         ):
@@ -111,7 +116,7 @@ class StageConfig:
 # How a stage is sampled rather than what its params were trained to do: a trained stage may be
 # shipped or run with other values of these (tools/export_pipeline.py --stage-from).
 SAMPLING_FIELDS = (
-    "num_steps", "sampler", "guidance_scale", "guidance_schedule", "oscillate_after",
+    "num_steps", "sampler", "time_grid", "guidance_scale", "guidance_schedule", "oscillate_after",
     "low_guidance_scale", "thresholding", "dynamic_percentile", "cond_noise_t", "data_consistency",
 )  # fmt: skip
 

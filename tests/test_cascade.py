@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import t2v_jax
-from t2v_jax import cascade, pipeline_store, sharding
+from t2v_jax import cascade, compile_cache, pipeline_store, sharding
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROMPTS = ["a red circle moving right", "a blue square", "green", "x"]
@@ -124,6 +124,32 @@ def test_stage_loop_compiles_once_per_shape(pipe):
     c = pipe.sample(PROMPTS[:1], seed=0, num_steps=2, progress=False, guidance_scale=5.0)
     assert compiles() == n
     assert not np.array_equal(a, c)  # ... and the weight really reaches the model
+
+
+def test_a_stages_time_grid_reaches_its_sampler_and_survives_save_load(pipe, monkeypatch, tmp_path):
+    """StageConfig.time_grid is the grid that stage's sampler walks (the others keep theirs),
+    it changes the video, and a saved pipeline keeps it."""
+    import dataclasses
+
+    from t2v_jax.diffusion import samplers
+
+    stages = [dataclasses.replace(pipe.stages[0], config=dataclasses.replace(
+        pipe.stages[0].config, time_grid="karras")), *pipe.stages[1:]]  # fmt: skip
+    karras = cascade.Pipeline(pipe.text_encoder, stages, pipe.mesh)
+    grids = []
+    real = samplers.sample_steps
+    # No exported-program memo (a process that read one would not trace, so not call the spy).
+    monkeypatch.setattr(compile_cache, "memo_dir", lambda name: None)
+    monkeypatch.setattr(samplers, "sample_steps",
+                        lambda *a, **k: grids.append(k["time_grid"]) or real(*a, **k))  # fmt: skip
+    a = karras.sample(PROMPTS[:1], seed=3, num_steps=2, progress=False)
+    assert grids == ["karras", "uniform", "uniform"]  # traced once per stage
+    b = pipe.sample(PROMPTS[:1], seed=3, num_steps=2, progress=False)
+    assert np.abs(a.astype(int) - b).max() > 8
+    loaded = pipeline_store.load_pipeline(karras.save(tmp_path / "karras"), mesh=pipe.mesh)
+    assert [s.config.time_grid for s in loaded.stages] == ["karras", "uniform", "uniform"]
+    with pytest.raises(ValueError, match="stage base: time_grid: one of"):
+        dataclasses.replace(pipe.stages[0].config, time_grid="edm")
 
 
 def test_save_load_round_trip_is_bitwise(pipe, saved):

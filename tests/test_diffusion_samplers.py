@@ -136,9 +136,11 @@ G_MU = np.repeat([0.4, -0.2, 0.1], 32)
 G_S = np.repeat([0.3, 0.5, 0.8], 32)
 
 
-def _gaussian_samples(sampler, num_steps, n=4096):
+def _gaussian_samples(sampler, num_steps, n=4096, time_grid="uniform"):
     f = _jit_sample(
-        gaussian_v(jnp.asarray(G_MU, jnp.float32), jnp.asarray(G_S, jnp.float32)), sampler=sampler
+        gaussian_v(jnp.asarray(G_MU, jnp.float32), jnp.asarray(G_S, jnp.float32)),
+        sampler=sampler,
+        time_grid=time_grid,
     )
     return np.asarray(f(_keys(n), {}, (n, G_MU.size), num_steps), np.float64)
 
@@ -181,21 +183,55 @@ def _discretized_moments(sampler, lams):
     return m, np.sqrt(var)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_gaussian_50_steps_match_discretization(sampler):
+@pytest.mark.parametrize(("sampler", "time_grid"), [("ddim", "uniform"), ("ddpm", "uniform"),
+                                                    ("ddim", "karras"), ("ddpm", "karras")])  # fmt: skip
+def test_gaussian_50_steps_match_discretization(sampler, time_grid):
     """At 50 steps DDIM / DDPM are biased (std too small); check they match that exact bias.
 
     DDIM with the exact x_hat contracts the std by prod_i cos(dtheta_i) (Cauchy-Schwarz), at
     least exp(-(pi/2)^2 / (2N)) ~ 2.4% at N=50 for any Gaussian, so the 2% data criterion needs
-    more steps (test above); here the sampled moments must equal the discretized ones.
+    more steps (test above); here the sampled moments must equal the discretized ones, on
+    either grid (the reference walks the grid's own log-SNRs, from the EDM formula for karras).
     """
-    lams = np.asarray(samplers.sampling_log_snrs(50, schedules.ScheduleConfig()), np.float64)
+    if time_grid == "uniform":
+        lams = np.asarray(samplers.sampling_log_snrs(50, schedules.ScheduleConfig()), np.float64)
+    else:
+        lams = np.append(-2 * np.log(_edm_sigmas(50, 0.002, 80.0)), np.inf)
     m_ref, std_ref = _discretized_moments(sampler, lams)
-    x = _gaussian_samples(sampler, 50)
+    x = _gaussian_samples(sampler, 50, time_grid=time_grid)
     np.testing.assert_array_less(np.abs((x.mean(0) - m_ref) / G_S).reshape(3, -1).mean(1), 0.02)
     np.testing.assert_array_less(np.abs((x.std(0) / std_ref).reshape(3, -1).mean(1) - 1), 0.02)
     # And the bias is real: the 50-step std is measurably below the data std.
     assert np.all((std_ref / G_S).reshape(3, -1).mean(1) < 0.985)
+
+
+def _edm_sigmas(n, sigma_min, sigma_max, rho=7.0):
+    """Karras et al. 2022, eq. 5: sigma_i for i < N, from sigma_max down to sigma_min."""
+    i = np.arange(n)
+    return (
+        sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    ) ** rho
+
+
+def test_karras_grid_is_edms_spacing_between_the_schedules_ends():
+    """sigma = exp(-lambda / 2): EDM's rho = 7 spacing from 80 to 0.002 for the default cosine
+    (its ends, -20 and 20, lie beyond EDM's), the schedule's own ends where they are nearer,
+    the noisiest point alone for one step; then +inf (clean). An unknown grid is named."""
+    lams = np.asarray(samplers.sampling_log_snrs(16, schedules.ScheduleConfig(), "karras"))
+    np.testing.assert_allclose(lams[:-1], -2 * np.log(_edm_sigmas(16, 0.002, 80.0)), atol=2e-4)
+    assert lams[-1] == np.inf
+    # The last model call sees far less noise than the uniform grid's, -2 log tan(pi / 32).
+    uniform = np.asarray(samplers.sampling_log_snrs(16, schedules.ScheduleConfig()))
+    assert uniform[-2] == pytest.approx(-2 * np.log(np.tan(np.pi / 32)), abs=1e-3)
+    assert lams[-2] == pytest.approx(-2 * np.log(0.002), abs=1e-3) and lams[-2] > uniform[-2] + 7
+    narrow = schedules.ScheduleConfig(logsnr_min=-5.0, logsnr_max=5.0)
+    lams = np.asarray(samplers.sampling_log_snrs(4, narrow, "karras"))
+    np.testing.assert_allclose(lams[:-1], -2 * np.log(_edm_sigmas(4, np.exp(-2.5), np.exp(2.5))),
+                               atol=2e-4)  # fmt: skip
+    one = np.asarray(samplers.sampling_log_snrs(1, schedules.ScheduleConfig(), "karras"))
+    np.testing.assert_allclose(one, [-2 * np.log(80.0), np.inf], atol=1e-5)
+    with pytest.raises(ValueError, match=r"time_grid: one of \('uniform', 'karras'\), got 'edm'"):
+        samplers.sampling_log_snrs(4, narrow, "edm")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -300,3 +300,24 @@ def test_odd_steps_and_a_teacher_without_checkpoint_are_refused(tmp_path):
         distill_task.prepare(None, distill_task.DistillSettings("progressive", str(tmp_path)))
     with pytest.raises(ValueError, match="teacher_stage: required"):
         distill_task.check_teacher_source(distill_task.DistillSettings("guidance", "shapes"))
+
+
+def test_a_progressive_student_samples_the_grid_it_learned(caplog):
+    """A teacher sampling DPM-Solver++ on the karras grid: the round distills DDIM on the uniform
+    grid (the one halving keeps every other point of), says so, and the student's sampling
+    settings are those, at half the steps."""
+    import dataclasses
+
+    from t2v_jax import configlib
+
+    config = load_config(str(ROOT / "configs/tiny.py:ssr"))
+    stage = dataclasses.replace(cascade.stage_config_from_experiment(config), num_steps=4,
+                                sampler="dpmpp_2m", time_grid="karras")  # fmt: skip
+    model = configlib.from_config(UNetConfig, config.model, "model")
+    teacher = distill_task.Teacher(cascade.Stage(stage, model, None), None, None, "teacher")
+    settings = distill_task.DistillSettings("progressive", "teacher")
+    with caplog.at_level("WARNING"):
+        spec = distill_task.resolve_spec(settings, teacher)
+    assert "teacher samples on the 'karras' grid" in caplog.text
+    out = distill_task.run_config(config, teacher, settings, spec).sampling
+    assert (out.num_steps, out.sampler, out.time_grid) == (2, "ddim", "uniform")

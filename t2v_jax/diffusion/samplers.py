@@ -9,6 +9,7 @@ change with the batch size or the number of devices the batch is sharded over.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -20,14 +21,46 @@ from t2v_jax.diffusion import reconstruction, schedules
 
 SamplerName = Literal["ddim", "ddpm", "dpmpp_2m"]
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
+TimeGrid = Literal["uniform", "karras"]
+TIME_GRIDS = ("uniform", "karras")
+# EDM's (Karras et al. 2022) noise range and spacing, in sigma = exp(-lambda / 2) (the
+# variance-exploding noise-to-signal ratio), for data in [-1, 1].
+KARRAS_SIGMA_RANGE = (0.002, 80.0)
+KARRAS_RHO = 7.0
 
 
-def sampling_log_snrs(num_steps: int, schedule_cfg: schedules.ScheduleConfig) -> jax.Array:
-    """The default grid [num_steps + 1]: lambda(t) at t = 1, 1 - 1/N, ..., 1/N, then +inf."""
+def check_time_grid(grid: str, name: str = "time_grid") -> None:
+    if grid not in TIME_GRIDS:
+        raise ValueError(f"{name}: one of {TIME_GRIDS}, got {grid!r}")
+
+
+def sampling_log_snrs(
+    num_steps: int, schedule_cfg: schedules.ScheduleConfig, grid: TimeGrid = "uniform"
+) -> jax.Array:
+    """The grid [num_steps + 1] of log-SNRs a run walks: N model evaluations, then +inf.
+
+    "uniform": lambda(t) at t = 1, 1 - 1/N, ..., 1/N (uniform in the schedule's time; what
+    training samples t from, and what progressive distillation halves). Its last evaluation is
+    at lambda(1/N) (4.6 for the cosine schedule at 16 steps: noise at a tenth of the signal),
+    so fine detail below that noise is only ever predicted, once, by the last step's x0.
+    "karras": EDM's spacing, sigma_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) -
+    s_max^(1/rho)))^rho with rho = 7 and sigma = exp(-lambda / 2), between the schedule's ends
+    clipped to EDM's [0.002, 80]: more of the steps at low noise, where detail is drawn.
+    """
+    check_time_grid(grid)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    t = jnp.linspace(1.0, 0.0, num_steps + 1)[:-1]
-    lams = schedules.log_snr(t, schedule_cfg)
+    if grid == "uniform":
+        t = jnp.linspace(1.0, 0.0, num_steps + 1)[:-1]
+        lams = schedules.log_snr(t, schedule_cfg)
+    else:
+        lo, hi = KARRAS_SIGMA_RANGE
+        s_max = min(math.exp(-schedule_cfg.logsnr_min / 2), hi)
+        s_min = max(math.exp(-schedule_cfg.logsnr_max / 2), lo)
+        frac = jnp.linspace(0.0, 1.0, num_steps) if num_steps > 1 else jnp.zeros((1,))
+        r = 1.0 / KARRAS_RHO
+        sigma = (s_max**r + frac * (s_min**r - s_max**r)) ** KARRAS_RHO
+        lams = -2.0 * jnp.log(sigma.astype(jnp.float32))
     return jnp.concatenate([lams, jnp.array([jnp.inf], lams.dtype)])
 
 
@@ -198,6 +231,7 @@ def sample_steps(
     thresholding: guidance_lib.ThresholdMode = "none",
     dynamic_percentile: float = 0.995,
     timesteps_log_snr: jax.Array | None = None,
+    time_grid: TimeGrid = "uniform",
     return_intermediates: bool = False,
     guidance_input: bool = False,
     known: reconstruction.KnownFrames | None = None,
@@ -234,7 +268,7 @@ def sample_steps(
     x_start, _ = state
     _check_rngs(rngs, x_start.shape[0])
     if timesteps_log_snr is None:
-        lams = sampling_log_snrs(num_steps, schedule_cfg or schedules.ScheduleConfig())
+        lams = sampling_log_snrs(num_steps, schedule_cfg or schedules.ScheduleConfig(), time_grid)
     else:
         lams = jnp.asarray(timesteps_log_snr, jnp.float32)
         if lams.shape != (num_steps + 1,):
@@ -313,6 +347,7 @@ def sample(
     thresholding: guidance_lib.ThresholdMode = "none",
     dynamic_percentile: float = 0.995,
     timesteps_log_snr: jax.Array | None = None,
+    time_grid: TimeGrid = "uniform",
     return_intermediates: bool = False,
     x_init: jax.Array | None = None,
     guidance_input: bool = False,
@@ -343,6 +378,7 @@ def sample(
       dynamic_percentile: the quantile used by dynamic thresholding.
       timesteps_log_snr: explicit grid [num_steps + 1] of log-SNR values, increasing; the last
         may be +inf (clean). Used for discrete-time parity with other implementations.
+      time_grid: the grid otherwise, "uniform" or "karras" (see `sampling_log_snrs`).
       return_intermediates: also return {"x_t": [N, B, ...] (x after each step),
         "x0_pred": [N, B, ...] (the x0 prediction at each step)}.
       x_init: start from this [B, ...] array instead of drawing the initial noise from rngs.
@@ -374,6 +410,7 @@ def sample(
         thresholding=thresholding,
         dynamic_percentile=dynamic_percentile,
         timesteps_log_snr=timesteps_log_snr,
+        time_grid=time_grid,
         return_intermediates=return_intermediates,
         guidance_input=guidance_input,
         known=known,

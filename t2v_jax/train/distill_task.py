@@ -196,6 +196,9 @@ def resolve_spec(settings: DistillSettings, teacher: Teacher) -> distill_lib.Dis
         if stage.sampler != "ddim":
             log.warning("teacher samples with %r; the round distills its DDIM sampler",
                         stage.sampler)  # fmt: skip
+        if stage.time_grid != "uniform":  # halving needs the uniform grid (every other point)
+            log.warning("teacher samples on the %r grid; the round distills the uniform one",
+                        stage.time_grid)  # fmt: skip
     return distill_lib.DistillSpec(settings.mode, steps, lo, hi, settings.weighting)
 
 
@@ -238,7 +241,8 @@ def run_config(
             for f in dataclasses.fields(stage)
             if f.name not in geometry and not f.name.startswith("low_")
         }
-        sampling.update(num_steps=spec.student_steps, sampler="ddim")
+        # DDIM on the uniform grid: what a progressive round distills (and halves again).
+        sampling.update(num_steps=spec.student_steps, sampler="ddim", time_grid="uniform")
         out.sampling = ml_collections.ConfigDict(sampling)
         out.train.train_text_encoder = False
         out.train.init_from = None
