@@ -30,6 +30,7 @@ KARRAS_RHO = 7.0
 
 
 def check_time_grid(grid: str, name: str = "time_grid") -> None:
+    """Raises ValueError naming `name` unless `grid` is one of TIME_GRIDS."""
     if grid not in TIME_GRIDS:
         raise ValueError(f"{name}: one of {TIME_GRIDS}, got {grid!r}")
 
