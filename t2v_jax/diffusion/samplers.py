@@ -58,7 +58,7 @@ def sampling_log_snrs(
         lo, hi = KARRAS_SIGMA_RANGE
         s_max = min(math.exp(-schedule_cfg.logsnr_min / 2), hi)
         s_min = max(math.exp(-schedule_cfg.logsnr_max / 2), lo)
-        frac = jnp.linspace(0.0, 1.0, num_steps) if num_steps > 1 else jnp.zeros((1,))
+        frac = jnp.linspace(0.0, 1.0, num_steps)  # [0.] for one step: the noisiest point
         r = 1.0 / KARRAS_RHO
         sigma = (s_max**r + frac * (s_min**r - s_max**r)) ** KARRAS_RHO
         lams = -2.0 * jnp.log(sigma.astype(jnp.float32))
