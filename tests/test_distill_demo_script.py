@@ -30,12 +30,17 @@ def _run(tmp_path, python, **env):
                            flags.get("teacher_stage"), flags["config.train.num_steps"])  # fmt: skip
     exports = {
         pathlib.Path(c.split("--out ")[1].split()[0]).name: [
-            pathlib.Path(w).name for w in c.split("--overwrite ")[1].split()
-        ]
+            pathlib.Path(w).name for w in c.split()[c.split().index("--overwrite") + 1 :]
+        ] + [f"{name}={folder}" for name, folder in _stage_from(c)]
         for c in calls
         if "export_students.py" in c
     }
     return proc, rounds, exports
+
+
+def _stage_from(call):
+    words = call.split()
+    return [tuple(words[i + 1].split("=", 1)) for i, w in enumerate(words) if w == "--stage-from"]
 
 
 def test_two_rounds_distill_every_stage_and_export_each_rounds_cascade(tmp_path, recording_python):
@@ -73,6 +78,39 @@ def test_chains_split_the_base_and_sr_rounds_over_runs(tmp_path, recording_pytho
     assert proc.returncode == 0, proc.stderr
     assert sorted(rounds) == sorted(f"{s}_p{n}" for s in ("tsr", "ssr", "ssr2") for n in (8, 4))
     assert exports == {}
+
+
+def test_kept_rounds_carry_the_plan_over_a_lost_root(tmp_path, recording_python):
+    keep = tmp_path / "keep"
+    proc, rounds, exports = _run(tmp_path, recording_python, KEEP=str(keep), ROUNDS="1")
+    assert proc.returncode == 0, proc.stderr
+    # Each finished round is kept as the teacher pipeline with its student in place.
+    kept = ["base_g", "base_p16", "tsr_p8", "ssr_p8", "ssr2_p8"]
+    assert {run: exports[run] for run in kept} == {run: [run] for run in kept}
+    assert all(r[1] != "guidance" or r[3] == "base" for r in rounds.values())
+
+    # A new machine: ROOT is empty, base_g and tsr_p8 are kept (committed) pipelines.
+    (tmp_path / "python_calls.txt").unlink()
+    for run in ("base_g", "tsr_p8"):
+        (keep / run).mkdir(parents=True)
+        (keep / run / "pipeline.json").write_text("{}")
+    proc, rounds, exports = _run(tmp_path, recording_python, KEEP=str(keep))
+    assert proc.returncode == 0, proc.stderr
+    assert "base_g" not in rounds and "tsr_p8" not in rounds  # not distilled again
+    assert rounds["base_p16"][2:4] == (str(keep / "base_g"), "base")
+    assert rounds["tsr_p4"][2:4] == (str(keep / "tsr_p8"), "tsr")
+    assert rounds["base_p8"][2:4] == ("base_p16", None)  # its workdir, not kept yet
+    assert exports["cascade_r0"] == [f"base={keep / 'base_g'}"]
+    assert exports["cascade_r1"] == ["base_p16", "ssr_p8", "ssr2_p8", f"tsr={keep / 'tsr_p8'}"]
+    assert exports["cascade_r2"] == ["base_p8", "tsr_p4", "ssr_p4", "ssr2_p4"]
+
+    # A workdir with a checkpoint wins over the kept pipeline (it resumes, in float32).
+    (tmp_path / "python_calls.txt").unlink()
+    (tmp_path / "runs" / "base_g" / "checkpoints" / "1000").mkdir(parents=True)
+    proc, rounds, exports = _run(tmp_path, recording_python, KEEP=str(keep), CHAINS="base")
+    assert proc.returncode == 0, proc.stderr
+    assert rounds["base_g"][2] == "shapes" and rounds["base_p16"][2:4] == ("base_g", None)
+    assert exports["cascade_r0"] == ["base_g"]
 
 
 @pytest.mark.parametrize("env,message", [

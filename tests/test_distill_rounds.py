@@ -61,6 +61,17 @@ def test_rounds_run_and_their_students_export_as_one_cascade(build_tiny_pipeline
     video = distilled.sample(["a red circle"], seed=0, progress=False)
     assert video.shape[0] == 1 and video.dtype == np.uint8
 
+    # A round kept as a pipeline stands in for its lost workdir: the same cascade again.
+    again = distill_task.export_students([tmp_path / "tsr_p"], teacher, tmp_path / "again",
+                                         stage_from={"base": tmp_path / "out"})  # fmt: skip
+    for a, b in zip(jax.tree.leaves([s.params for s in again.stages]),
+                    jax.tree.leaves([s.params for s in distilled.stages]), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [s.config for s in again.stages] == [s.config for s in distilled.stages]
+    with pytest.raises(ValueError, match="stage_from: .* has no stage 'sr'"):
+        distill_task.export_students([], teacher, tmp_path / "none",
+                                     stage_from={"sr": tmp_path / "out"})  # fmt: skip
+
     # Refused, nothing written: two students of one stage; a pipeline with another encoder.
     with pytest.raises(ValueError, match="two students of stage 'base'"):
         distill_task.export_students([tmp_path / "base_g", tmp_path / "base_p"], teacher,
@@ -68,4 +79,10 @@ def test_rounds_run_and_their_students_export_as_one_cascade(build_tiny_pipeline
     other = build_tiny_pipeline(encoder_seed=2)
     with pytest.raises(ValueError, match="text encoder is not the one"):
         distill_task.export_students([tmp_path / "base_p"], other, tmp_path / "other")
+    with pytest.raises(ValueError, match="two students of stage 'tsr'"):
+        distill_task.export_students([tmp_path / "tsr_p"], teacher, tmp_path / "two",
+                                     stage_from={"tsr": tmp_path / "out"})  # fmt: skip
+    with pytest.raises(ValueError, match="text encoder is not the one"):
+        distill_task.export_students([], other, tmp_path / "other",
+                                     stage_from={"base": tmp_path / "out"})  # fmt: skip
     assert not (tmp_path / "two").exists() and not (tmp_path / "other").exists()

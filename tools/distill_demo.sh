@@ -2,7 +2,7 @@
 # Distills the embedded demo cascade (docs/distillation.md): the base stage by guidance
 # distillation and then progressive rounds, the three SR stages by progressive rounds.
 #
-#   nohup tools/distill_demo.sh /tmp/shapes_distill > /tmp/shapes_distill.log 2>&1 &
+#   KEEP=runs/distill nohup tools/distill_demo.sh /tmp/distill > /tmp/distill.log 2>&1 &
 #   tools/distill_demo.sh ROOT [extra t2v-distill flags]   # smoke run: STEPS=3
 #
 # Rounds, each a resumable `t2v-distill` run in ROOT/<run> (rerunning the same command
@@ -20,6 +20,10 @@
 # CHAINS (default "base sr"). Split over sessions: `CHAINS=base` runs only the base's rounds
 # (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR stages'; a later run with
 # both resumes the finished rounds at once and exports every round's cascade.
+# KEEP (a folder, e.g. runs/distill): each finished round's student is also written there as a
+# pipeline, KEEP/<run> (the teacher with that one stage replaced; commit it). A later run whose
+# ROOT lost the round's workdir (a new machine) takes the round as done, distills the next
+# round from KEEP/<run> and exports the cascades from it.
 set -euo pipefail
 
 ROOT=${1:?usage: tools/distill_demo.sh ROOT [extra t2v-distill flags]}
@@ -31,6 +35,12 @@ TEACHER=${TEACHER:-shapes}
 ROUNDS=${ROUNDS:-2}
 STEPS=${STEPS:-1000}
 LR=${LR:-3e-4}
+KEEP=${KEEP:-}
+# The range the base's guidance weight w is drawn from in every round: the guidance round's
+# default [1, 2w] for the demo's w = 1.5, given explicitly so a round distilled from a kept
+# pipeline (which does not record it) draws w as its teacher's round did.
+GUIDANCE_MIN=${GUIDANCE_MIN:-1}
+GUIDANCE_MAX=${GUIDANCE_MAX:-3}
 [[ "$ROUNDS" =~ ^[0-2]$ ]] || { echo "ROUNDS: 0, 1 or 2, got '$ROUNDS'" >&2; exit 2; }
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || { echo "STEPS: a positive integer, got '$STEPS'" >&2; exit 2; }
 CHAINS=${CHAINS:-base sr}
@@ -43,30 +53,56 @@ has_chain base || has_chain sr || bad_chains  # CHAINS held only spaces
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
 
-distill() {  # distill STAGE RUN MODE TEACHER [flags]: one round, resumed from ROOT/RUN, timed
-  local stage=$1 run=$2 mode=$3 teacher=$4 start
-  shift 4
+has_checkpoint() { compgen -G "$ROOT/$1/checkpoints/[0-9]*" > /dev/null; }
+kept() { [[ -n "$KEEP" && -f "$KEEP/$1/pipeline.json" ]] && ! has_checkpoint "$1"; }
+stage_of() { echo "${1%_*}"; }  # base_p16 -> base, ssr2_p4 -> ssr2
+
+teacher_flags() {  # teacher_flags RUN: the flags that name RUN's student as a teacher
+  if kept "$1"; then
+    echo "--teacher=$KEEP/$1 --teacher_stage=$(stage_of "$1")"
+  else
+    echo "--teacher=$ROOT/$1"
+  fi
+}
+
+distill() {  # distill RUN MODE [flags]: one round, resumed from ROOT/RUN, timed, kept
+  local run=$1 mode=$2 stage start
+  stage=$(stage_of "$run")
+  shift 2
+  if kept "$run"; then
+    echo "$(date -u +%FT%TZ) $run: kept as $KEEP/$run, not distilled again"
+    return 0
+  fi
   start=$(date +%s)
-  echo "$(date -u +%FT%TZ) distilling $stage ($mode) in $ROOT/$run from $teacher"
+  echo "$(date -u +%FT%TZ) distilling $stage ($mode) in $ROOT/$run: $*"
   "$PYTHON" -m t2v_jax.cli.distill --config="$CONFIG:$stage" --workdir="$ROOT/$run" \
-    --mode="$mode" --teacher="$teacher" --config.train.num_steps="$STEPS" \
+    --mode="$mode" --config.train.num_steps="$STEPS" \
     --config.train.learning_rate="$LR" --config.train.warmup_steps=50 "$@"
   echo "$run $(( $(date +%s) - start )) s (this invocation; $(date -u +%FT%TZ))" >> "$ROOT/times.txt"
+  if [[ -n "$KEEP" && ! -f "$KEEP/$run/pipeline.json" ]]; then
+    "$PYTHON" "$REPO/tools/export_students.py" --pipeline "$TEACHER" --out "$KEEP/$run" \
+      --overwrite "$ROOT/$run"
+  fi
 }
 
 base_rounds() {
-  distill base base_g guidance "$TEACHER" --teacher_stage=base "$@"
-  (( ROUNDS >= 1 )) && distill base base_p16 progressive "$ROOT/base_g" "$@"
-  (( ROUNDS >= 2 )) && distill base base_p8 progressive "$ROOT/base_p16" "$@"
+  local guidance=(--guidance_min="$GUIDANCE_MIN" --guidance_max="$GUIDANCE_MAX")
+  # shellcheck disable=SC2046  # teacher_flags' words are separate flags
+  distill base_g guidance --teacher="$TEACHER" --teacher_stage=base "${guidance[@]}" "$@"
+  # shellcheck disable=SC2046
+  (( ROUNDS >= 1 )) && distill base_p16 progressive $(teacher_flags base_g) "${guidance[@]}" "$@"
+  # shellcheck disable=SC2046
+  (( ROUNDS >= 2 )) && distill base_p8 progressive $(teacher_flags base_p16) "${guidance[@]}" "$@"
   return 0
 }
 
 sr_rounds() {
   local stage
   for stage in tsr ssr ssr2; do
-    (( ROUNDS >= 1 )) && distill "$stage" "${stage}_p8" progressive "$TEACHER" \
+    (( ROUNDS >= 1 )) && distill "${stage}_p8" progressive --teacher="$TEACHER" \
       --teacher_stage="$stage" "$@"
-    (( ROUNDS >= 2 )) && distill "$stage" "${stage}_p4" progressive "$ROOT/${stage}_p8" "$@"
+    # shellcheck disable=SC2046
+    (( ROUNDS >= 2 )) && distill "${stage}_p4" progressive $(teacher_flags "${stage}_p8") "$@"
   done
   return 0
 }
@@ -74,10 +110,16 @@ sr_rounds() {
 export_cascade() {  # export_cascade K RUN...: the teacher pipeline with each RUN's student in place
   local k=$1 run
   shift
-  local runs=()
-  for run in "$@"; do runs+=("$ROOT/$run"); done
+  local from=() runs=()
+  for run in "$@"; do
+    if kept "$run"; then
+      from+=(--stage-from "$(stage_of "$run")=$KEEP/$run")
+    else
+      runs+=("$ROOT/$run")
+    fi
+  done
   "$PYTHON" "$REPO/tools/export_students.py" --pipeline "$TEACHER" --out "$ROOT/cascade_r$k" \
-    --overwrite "${runs[@]}"
+    "${from[@]}" --overwrite "${runs[@]}"
 }
 
 if has_chain base; then

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -375,23 +375,39 @@ def export_student(
 
 def export_students(
     workdirs: Sequence[str | os.PathLike], pipeline: Any, out: str | os.PathLike,
-    **save_kwargs: Any,
+    *, stage_from: Mapping[str, str | os.PathLike] | None = None, **save_kwargs: Any,
 ) -> Any:  # fmt: skip
     """`export_student` for several rounds at once (a whole distilled cascade): each workdir's
-    student replaces the stage of its name; two students of one stage are refused."""
+    student replaces the stage of its name; two students of one stage are refused.
+
+    `stage_from` maps a stage name to a saved pipeline whose stage of that name goes in instead
+    (a round's student kept as a pipeline, e.g. committed, after its workdir is gone).
+    """
+    from t2v_jax import pipeline_store
+
     names = [s.config.name for s in pipeline.stages]
     students: dict[str, Any] = {}
-    for workdir in workdirs:
-        stage, text, _ = stage_from_workdir(workdir)
+    sources = [(workdir, None) for workdir in workdirs]
+    sources += [(folder, name) for name, folder in (stage_from or {}).items()]
+    for source, wanted in sources:
+        if wanted is None:
+            stage, text, _ = stage_from_workdir(source)
+        else:
+            saved = pipeline_store.load_pipeline(source, mesh=pipeline.mesh)
+            found = [s for s in saved.stages if s.config.name == wanted]
+            if not found:
+                raise ValueError(f"stage_from: {str(source)!r} has no stage {wanted!r} (it has "
+                                 f"{[s.config.name for s in saved.stages]})")  # fmt: skip
+            stage, text = found[0], saved.text_encoder.params
         name = stage.config.name
         if name not in names:
-            raise ValueError(f"pipeline: has no stage {name!r} for the student of {workdir} "
+            raise ValueError(f"pipeline: has no stage {name!r} for the student of {source} "
                              f"(stages: {names})")  # fmt: skip
         if stage.model.uses_text and not pipeline_format.same_params(
             text, pipeline.text_encoder.params
         ):
             raise ValueError(f"pipeline: its text encoder is not the one the student of "
-                             f"{workdir} (stage {name!r}) was distilled with")  # fmt: skip
+                             f"{source} (stage {name!r}) was distilled with")  # fmt: skip
         if name in students:
             raise ValueError(f"workdirs: two students of stage {name!r}")
         students[name] = stage
