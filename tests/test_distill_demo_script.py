@@ -31,7 +31,8 @@ def _run(tmp_path, python, **env):
     exports = {
         pathlib.Path(c.split("--out ")[1].split()[0]).name: [
             pathlib.Path(w).name for w in c.split()[c.split().index("--overwrite") + 1 :]
-        ] + [f"{name}={folder}" for name, folder in _stage_from(c)]
+        ]
+        + [f"{name}={folder}" for name, folder in _stage_from(c)]
         for c in calls
         if "export_students.py" in c
     }

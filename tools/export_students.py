@@ -27,8 +27,13 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--params-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--stage-from", action="append", default=[], metavar="NAME=PIPELINE",
-                   help="take stage NAME from a saved pipeline (repeatable)")
+    p.add_argument(
+        "--stage-from",
+        action="append",
+        default=[],
+        metavar="NAME=PIPELINE",
+        help="take stage NAME from a saved pipeline (repeatable)",
+    )
     args = p.parse_args(argv)
     stage_from = {}
     for item in args.stage_from:
@@ -44,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
 
     pipe = pipeline_store.load_pipeline(args.pipeline)
     distill_task.export_students(
-        args.workdirs, pipe, args.out, stage_from=stage_from, params_dtype=args.params_dtype,
+        args.workdirs,
+        pipe,
+        args.out,
+        stage_from=stage_from,
+        params_dtype=args.params_dtype,
         overwrite=args.overwrite,
     )
     sources = [*map(str, args.workdirs), *(f"{n} of {f}" for n, f in stage_from.items())]
