@@ -183,7 +183,10 @@ def export(
         config = load_config(f"{config_file}:{name}", overrides)
         model_cfg = from_config(UNetConfig, config.model, f"{name}.model")
         if name in stage_from:
-            stage, stage_encoder = _saved_stage(config, model_cfg, name, stage_from[name])
+            # The saved stage carries the config's stage name (which may differ from the
+            # config argument `name`, e.g. configs/real_sr.py:ssr is the stage "real_ssr").
+            saved_name = config.stage.name
+            stage, stage_encoder = _saved_stage(config, model_cfg, saved_name, stage_from[name])
             if encoder is None:
                 encoder = stage_encoder
                 if text_encoder_only:
