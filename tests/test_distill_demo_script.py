@@ -81,6 +81,14 @@ def test_chains_split_the_base_and_sr_rounds_over_runs(tmp_path, recording_pytho
     assert exports == {}
 
 
+def test_sr_stages_pick_the_sr_chains_stages(tmp_path, recording_python):
+    proc, rounds, exports = _run(tmp_path, recording_python, CHAINS="sr", SR_STAGES="ssr2")
+    assert proc.returncode == 0, proc.stderr
+    assert rounds == {"ssr2_p8": ("ssr2", "progressive", "shapes", "ssr2", "1000"),
+                      "ssr2_p4": ("ssr2", "progressive", "ssr2_p8", None, "1000")}  # fmt: skip
+    assert exports == {}
+
+
 def test_kept_rounds_carry_the_plan_over_a_lost_root(tmp_path, recording_python):
     keep = tmp_path / "keep"
     proc, rounds, exports = _run(tmp_path, recording_python, KEEP=str(keep), ROUNDS="1")
@@ -119,6 +127,7 @@ def test_kept_rounds_carry_the_plan_over_a_lost_root(tmp_path, recording_python)
     ({"CHAINS": "base ssr"}, "CHAINS: 'base', 'sr' or both"),
     ({"CHAINS": " "}, "CHAINS: 'base', 'sr' or both"),
     ({"STEPS": "0"}, "STEPS: a positive integer"),
+    ({"SR_STAGES": "tsr base"}, "SR_STAGES: some of 'tsr ssr ssr2'"),
 ])  # fmt: skip
 def test_bad_settings_stop_before_distilling(tmp_path, recording_python, env, message):
     proc, rounds, exports = _run(tmp_path, recording_python, **env)

@@ -19,7 +19,9 @@
 # rate, default 3e-4; each student starts from its teacher's weights), JAX_COMPILATION_CACHE_DIR,
 # CHAINS (default "base sr"). Split over sessions: `CHAINS=base` runs only the base's rounds
 # (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR stages'; a later run with
-# both resumes the finished rounds at once and exports every round's cascade.
+# both resumes the finished rounds at once and exports every round's cascade. SR_STAGES
+# (default "tsr ssr ssr2"): the SR stages the sr chain distills, one after another; with KEEP,
+# `CHAINS=sr SR_STAGES=tsr` and `CHAINS=sr SR_STAGES=ssr` can run side by side (one ROOT each).
 # KEEP (a folder, e.g. runs/distill): each finished round's student is also written there as a
 # pipeline, KEEP/<run> (the teacher with that one stage replaced; commit it). A later run whose
 # ROOT lost the round's workdir (a new machine) takes the round as done, distills the next
@@ -50,6 +52,11 @@ for chain in $CHAINS; do
 done
 has_chain() { [[ " $CHAINS " == *" $1 "* ]]; }
 has_chain base || has_chain sr || bad_chains  # CHAINS held only spaces
+SR_STAGES=${SR_STAGES:-tsr ssr ssr2}
+for stage in $SR_STAGES; do
+  [[ "$stage" == tsr || "$stage" == ssr || "$stage" == ssr2 ]] \
+    || { echo "SR_STAGES: some of 'tsr ssr ssr2', got '$SR_STAGES'" >&2; exit 2; }
+done
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
 
@@ -98,7 +105,7 @@ base_rounds() {
 
 sr_rounds() {
   local stage
-  for stage in tsr ssr ssr2; do
+  for stage in $SR_STAGES; do
     (( ROUNDS >= 1 )) && distill "${stage}_p8" progressive --teacher="$TEACHER" \
       --teacher_stage="$stage" "$@"
     # shellcheck disable=SC2046
