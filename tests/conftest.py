@@ -64,6 +64,23 @@ def build_tiny_pipeline():
     return build
 
 
+@pytest.fixture(scope="session")
+def load_tool():
+    """`(name) -> module`: tools/<name>.py imported as a module (tools/ is not a package)."""
+    import importlib.util
+    import pathlib
+
+    tools = pathlib.Path(__file__).resolve().parent.parent / "tools"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture
 def recording_python():
     """`make(folder) -> (stub, calls)`: a stand-in `python` in `folder` for the shell tools'

@@ -1,6 +1,5 @@
 """Tests of tools/precompute_text_embeddings.py and the pipeline's 'text_emb' batches."""
 
-import importlib.util
 import os
 
 import jax
@@ -11,19 +10,11 @@ import tensorflow_datasets as tfds
 from t2v_jax.data import pipeline
 from t2v_jax.text import ByteTokenizer, T5Config, TextEncoder
 
-_TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "precompute_text_embeddings.py")
 MAX_LENGTH = 96  # longer than every caption (bytes + EOS): no truncation warnings
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("precompute_text_embeddings", _TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, load_tool):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     pipeline.prepare("shapes/tiny", data_dir)
     pipeline.prepare("shapes/tiny_images", data_dir)
@@ -33,7 +24,7 @@ def setup(tmp_path_factory):
     )
     t5_dir = str(tmp_path_factory.mktemp("t5"))
     encoder.save(t5_dir)
-    tool = _tool()
+    tool = load_tool("precompute_text_embeddings")
     # One chunk of 128 (all 100 captions): a single compiled shape, shared with the test below.
     argv = ["--t5", t5_dir, "--max_length", str(MAX_LENGTH), "--batch_size", "128"]
     argv += ["--data_dir", data_dir, "--dataset", "shapes/tiny", "--dataset", "shapes/tiny_images"]

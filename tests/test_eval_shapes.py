@@ -1,6 +1,5 @@
 """The shapes judge (pixels only) and the eval tool: ~100% on clean renders, chance on noise."""
 
-import importlib.util
 import itertools
 import json
 import pathlib
@@ -247,16 +246,9 @@ def test_training_renders_are_one_whole_object():
     assert cut / frames < 0.01
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("eval_shapes", ROOT / "tools" / "eval_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # ~25 s of tiny compiles on a quiet 2-core CPU (first run: more)
 def test_eval_tool_runs_end_to_end_on_a_tiny_random_pipeline(
-    tmp_path, monkeypatch, capsys, build_tiny_pipeline
+    tmp_path, monkeypatch, capsys, build_tiny_pipeline, load_tool
 ):
     import jax
 
@@ -264,7 +256,7 @@ def test_eval_tool_runs_end_to_end_on_a_tiny_random_pipeline(
     pipe.save(tmp_path / "tiny_pipeline")
     # Keep the tests' compilation cache (the tool would switch to the user's default one).
     monkeypatch.setenv("T2V_JAX_COMPILATION_CACHE", jax.config.jax_compilation_cache_dir)
-    summary = _load_tool().main(
+    summary = load_tool("eval_shapes").main(
         ["--pipeline", str(tmp_path / "tiny_pipeline"), "--num-prompts", "1",
          "--num-heldout-prompts", "1", "--seeds", "0", "--num-steps", "2", "--batch-size", "2",
          "--json", str(tmp_path / "eval.json"), "--grid", str(tmp_path / "grid.png")]

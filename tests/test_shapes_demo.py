@@ -1,6 +1,5 @@
 """The embedded demo: configs/shapes.py stages build (eval_shape only) and chain; export works."""
 
-import importlib.util
 import pathlib
 
 import jax
@@ -16,19 +15,12 @@ SHAPES = ROOT / "configs" / "shapes.py"
 STAGES = ("base", "tsr", "ssr", "ssr2")
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _param_count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def test_shapes_stages_build_with_eval_shape_and_chain():
-    export = _tool("export_pipeline")
+def test_shapes_stages_build_with_eval_shape_and_chain(load_tool):
+    export = load_tool("export_pipeline")
     previous = None
     for name in STAGES:
         config = load_config(f"{SHAPES}:{name}")
@@ -127,7 +119,7 @@ def _save_stage(config, workdir, step=2):
     return jax.device_get(state)
 
 
-def test_export_pipeline_from_stage_checkpoints(tmp_path):
+def test_export_pipeline_from_stage_checkpoints(tmp_path, load_tool):
     """tools/export_pipeline.py on tiny base + TSR checkpoints in the trainer's layout: it ships
     the EMA params (bf16-rounded), the base stage's T5, a pipeline that samples, and it refuses
     a stage trained on another T5. (The checkpoints are saved initial states, not trained ones:
@@ -137,7 +129,7 @@ def test_export_pipeline_from_stage_checkpoints(tmp_path):
     from t2v_jax.pipeline_format import flatten_params
     from t2v_jax.pipeline_store import load_pipeline
 
-    export = _tool("export_pipeline")
+    export = load_tool("export_pipeline")
     config_file = _tiny_with_data(tmp_path)
     runs = tmp_path / "runs"
     base = _save_stage(load_config(f"{config_file}:base"), runs / "base")
@@ -174,10 +166,10 @@ def test_export_pipeline_from_stage_checkpoints(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
-def _base_and_tsr_runs(tmp_path):
+def _base_and_tsr_runs(tmp_path, load_tool):
     """(export tool, config file, runs root, TSR config): saved base and TSR stage checkpoints,
     the TSR trained on the base's exported T5, as tools/train_demo.sh's runs are laid out."""
-    export = _tool("export_pipeline")
+    export = load_tool("export_pipeline")
     config_file = _tiny_with_data(tmp_path)
     runs = tmp_path / "runs"
     _save_stage(load_config(f"{config_file}:base"), runs / "base")
@@ -188,7 +180,7 @@ def _base_and_tsr_runs(tmp_path):
     return export, config_file, runs, tsr_config
 
 
-def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
+def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path, load_tool):
     """`--stage-from`: a cascade whose stages trained in different sessions. The TSR stage comes
     from a saved pipeline (there is no TSR workdir in the second root), the base from its
     checkpoint; a saved stage under another config, or a stage the pipeline lacks, is refused
@@ -196,7 +188,7 @@ def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
     from t2v_jax.pipeline_format import flatten_params
     from t2v_jax.pipeline_store import load_pipeline
 
-    export, config_file, runs, _ = _base_and_tsr_runs(tmp_path)
+    export, config_file, runs, _ = _base_and_tsr_runs(tmp_path, load_tool)
     first = export.export(config_file, ["base", "tsr"], [runs / "base", runs / "tsr"],
                           tmp_path / "first")  # fmt: skip
 
@@ -230,7 +222,7 @@ def test_export_pipeline_takes_stages_from_a_saved_pipeline(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
-def test_warm_start_from_a_saved_pipeline(tmp_path):
+def test_warm_start_from_a_saved_pipeline(tmp_path, load_tool):
     """train.init_from=PIPELINE: a stage of a saved pipeline (its params as shipped, bf16) starts
     a new run's params and EMA params, the pipeline's T5 its frozen text encoder; a pipeline
     without this config's stage is refused naming the field."""
@@ -242,7 +234,7 @@ def test_warm_start_from_a_saved_pipeline(tmp_path):
     from t2v_jax.train import state as state_lib
     from t2v_jax.train import task as task_lib
 
-    export, config_file, runs, tsr_config = _base_and_tsr_runs(tmp_path)
+    export, config_file, runs, tsr_config = _base_and_tsr_runs(tmp_path, load_tool)
     saved = load_pipeline(export.export(config_file, ["base", "tsr"], [runs / "base", runs / "tsr"],
                                         tmp_path / "pipeline"))  # fmt: skip
 
@@ -270,14 +262,14 @@ def test_warm_start_from_a_saved_pipeline(tmp_path):
         loop._warm_start(fresh, str(tmp_path / "pipeline"), ckpt_cfg, "ssr")
 
 
-def test_shipped_shapes_samples_as_its_config_says():
+def test_shipped_shapes_samples_as_its_config_says(load_tool):
     # The built-in pipeline carries its own sampling settings; a change to configs/shapes.py's
     # sampling (or a re-export that loses it) must not leave the two disagreeing.
     from t2v_jax.pipeline_store import load_pipeline
     from t2v_jax.stage import SAMPLING_FIELDS
 
     shipped = load_pipeline("shapes")
-    export = _tool("export_pipeline")
+    export = load_tool("export_pipeline")
     assert [s.config.name for s in shipped.stages] == list(STAGES)
     for stage in shipped.stages:
         want = export.sampling_stage_config(load_config(f"{SHAPES}:{stage.config.name}"))

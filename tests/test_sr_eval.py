@@ -75,16 +75,10 @@ def test_bicubic_against_itself_gains_nothing_and_better_upsamplers_score_higher
     assert sr_eval.sharpness(clips[0], clips[0], 2) == 1.0
 
 
-def test_eval_sr_stage_set_overrides_sampling_fields_and_names_bad_ones():
-    import importlib.util
-    import pathlib
-
+def test_eval_sr_stage_set_overrides_sampling_fields_and_names_bad_ones(load_tool):
     from t2v_jax.stage import Stage, StageConfig
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "tools" / "eval_sr.py"
-    spec = importlib.util.spec_from_file_location("eval_sr", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("eval_sr")
     config = StageConfig(name="s", kind="ssr", frames=4, height=16, width=16, fps=8,
                          low_frames=4, low_height=8, low_width=8)  # fmt: skip
     stage = Stage(config, model=None, params=None)
