@@ -120,6 +120,14 @@ class Pipeline:
         self._compiled: dict[tuple, Any] = {}
         self.param_placement: dict[str, str] = {}  # stage name -> params' layout in the last sample
 
+    def stage_named(self, name: str, where: str) -> Stage:
+        """The stage called `name`, else a ValueError "<where> has no stage ... (it has ...)":
+        `where` names the argument and the pipeline it gave (e.g. "teacher_stage: 'shapes'")."""
+        names = [s.config.name for s in self.stages]
+        if name not in names:
+            raise ValueError(f"{where} has no stage {name!r} (it has {names})")
+        return self.stages[names.index(name)]
+
     @property
     def fps(self) -> float:
         """Frames per second of the final stage's videos."""

@@ -300,6 +300,12 @@ def test_odd_steps_and_a_teacher_without_checkpoint_are_refused(tmp_path):
         distill_task.prepare(None, distill_task.DistillSettings("progressive", str(tmp_path)))
     with pytest.raises(ValueError, match="teacher_stage: required"):
         distill_task.check_teacher_source(distill_task.DistillSettings("guidance", "shapes"))
+    # The first edition has three stages (base, tsr, ssr): no ssr2 to distill.
+    missing = distill_task.DistillSettings("progressive", "shapes_v1", teacher_stage="ssr2")
+    with pytest.raises(
+        ValueError, match=r"teacher_stage: 'shapes_v1' has no stage 'ssr2' \(it has"
+    ):
+        distill_task.load_teacher(missing)
 
 
 def test_a_progressive_student_samples_the_grid_it_learned(caplog):

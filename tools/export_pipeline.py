@@ -119,11 +119,7 @@ def _saved_stage(config: Any, model_cfg: Any, name: str, folder: str | pathlib.P
     from t2v_jax.stage import SAMPLING_FIELDS
 
     pipeline = load_pipeline(folder)
-    found = [s for s in pipeline.stages if s.config.name == name]
-    if not found:
-        names = [s.config.name for s in pipeline.stages]
-        raise ValueError(f"stage_from: {str(folder)!r} has no stage {name!r} (it has {names})")
-    (stage,) = found
+    stage = pipeline.stage_named(name, f"stage_from: {str(folder)!r}")
     expected = sampling_stage_config(config)
     # How to sample it is the config's to say (steps, sampler, data consistency, ...).
     sampling = {f: getattr(expected, f) for f in SAMPLING_FIELDS}

@@ -142,13 +142,7 @@ def load_teacher(settings: DistillSettings) -> Teacher:
         from t2v_jax import pipeline_store
 
         pipe = pipeline_store.load_pipeline(settings.teacher)
-        names = [s.config.name for s in pipe.stages]
-        if settings.teacher_stage not in names:
-            raise ValueError(
-                f"teacher_stage: {settings.teacher_stage!r} is not a stage of "
-                f"{settings.teacher!r} (stages: {names})"
-            )
-        stage = pipe.stages[names.index(settings.teacher_stage)]
+        stage = pipe.stage_named(settings.teacher_stage, f"teacher_stage: {settings.teacher!r}")
         return Teacher(stage, jax.device_get(pipe.text_encoder.params), None, settings.teacher)
     stage, text, config = stage_from_workdir(settings.teacher)
     return Teacher(stage, text, config.get("distill"), settings.teacher)
@@ -394,11 +388,8 @@ def export_students(
             stage, text, _ = stage_from_workdir(source)
         else:
             saved = pipeline_store.load_pipeline(source, mesh=pipeline.mesh)
-            found = [s for s in saved.stages if s.config.name == wanted]
-            if not found:
-                raise ValueError(f"stage_from: {str(source)!r} has no stage {wanted!r} (it has "
-                                 f"{[s.config.name for s in saved.stages]})")  # fmt: skip
-            stage, text = found[0], saved.text_encoder.params
+            stage = saved.stage_named(wanted, f"stage_from: {str(source)!r}")
+            text = saved.text_encoder.params
         name = stage.config.name
         if name not in names:
             raise ValueError(f"pipeline: has no stage {name!r} for the student of {source} "

@@ -459,14 +459,10 @@ def _pipeline_subtrees(state, init_from: str, stage_name: str | None) -> dict[st
     from t2v_jax.pipeline_store import load_pipeline  # the saved-pipeline format
 
     pipeline = load_pipeline(init_from)
-    names = [s.config.name for s in pipeline.stages]
-    if stage_name not in names:
-        raise ValueError(
-            f"train.init_from={init_from!r}: the pipeline there has no stage {stage_name!r} "
-            f"(this config's stage.name; it has {names})"
-        )
+    # stage_name is this config's stage.name.
+    stage = pipeline.stage_named(stage_name, f"train.init_from={init_from!r}: the pipeline there")
     weights = {
-        "unet": pipeline.stages[names.index(stage_name)].params,
+        "unet": stage.params,
         "text": pipeline.text_encoder.params,
     }
     return {
