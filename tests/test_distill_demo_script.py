@@ -133,3 +133,22 @@ def test_bad_settings_stop_before_distilling(tmp_path, recording_python, env, me
     proc, rounds, exports = _run(tmp_path, recording_python, **env)
     assert proc.returncode == 2 and message in proc.stderr
     assert rounds == {} and exports == {}
+
+
+def test_a_keep_folder_with_spaces_reaches_the_next_round_as_one_argument(tmp_path):
+    # A stub python that records each argument on its own line (the shared one joins them).
+    log = tmp_path / "args.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" --- >> '{log}'\n")
+    stub.chmod(0o755)
+    keep = tmp_path / "kept rounds"
+    (keep / "base_g").mkdir(parents=True)
+    (keep / "base_g" / "pipeline.json").write_text("{}")
+    env = {**os.environ, "PYTHON": str(stub), "KEEP": str(keep), "CHAINS": "base", "ROUNDS": "1"}
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "runs")], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    calls = [c.strip("\n").split("\n") for c in log.read_text().split("---\n") if c.strip()]
+    (round_p16,) = [c for c in calls if c[:2] == ["-m", "t2v_jax.cli.distill"]
+                    and any(a.endswith("/base_p16") for a in c)]  # fmt: skip
+    assert f"--teacher={keep}/base_g" in round_p16 and "--teacher_stage=base" in round_p16

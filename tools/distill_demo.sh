@@ -64,11 +64,11 @@ has_checkpoint() { compgen -G "$ROOT/$1/checkpoints/[0-9]*" > /dev/null; }
 kept() { [[ -n "$KEEP" && -f "$KEEP/$1/pipeline.json" ]] && ! has_checkpoint "$1"; }
 stage_of() { echo "${1%_*}"; }  # base_p16 -> base, ssr2_p4 -> ssr2
 
-teacher_flags() {  # teacher_flags RUN: the flags that name RUN's student as a teacher
+as_teacher() {  # as_teacher RUN: TEACHER_FLAGS := the flags that name RUN's student as a teacher
   if kept "$1"; then
-    echo "--teacher=$KEEP/$1 --teacher_stage=$(stage_of "$1")"
+    TEACHER_FLAGS=(--teacher="$KEEP/$1" --teacher_stage="$(stage_of "$1")")
   else
-    echo "--teacher=$ROOT/$1"
+    TEACHER_FLAGS=(--teacher="$ROOT/$1")
   fi
 }
 
@@ -94,22 +94,23 @@ distill() {  # distill RUN MODE [flags]: one round, resumed from ROOT/RUN, timed
 
 base_rounds() {
   local guidance=(--guidance_min="$GUIDANCE_MIN" --guidance_max="$GUIDANCE_MAX")
-  # shellcheck disable=SC2046  # teacher_flags' words are separate flags
   distill base_g guidance --teacher="$TEACHER" --teacher_stage=base "${guidance[@]}" "$@"
-  # shellcheck disable=SC2046
-  (( ROUNDS >= 1 )) && distill base_p16 progressive $(teacher_flags base_g) "${guidance[@]}" "$@"
-  # shellcheck disable=SC2046
-  (( ROUNDS >= 2 )) && distill base_p8 progressive $(teacher_flags base_p16) "${guidance[@]}" "$@"
-  return 0
+  (( ROUNDS >= 1 )) || return 0
+  as_teacher base_g
+  distill base_p16 progressive "${TEACHER_FLAGS[@]}" "${guidance[@]}" "$@"
+  (( ROUNDS >= 2 )) || return 0
+  as_teacher base_p16
+  distill base_p8 progressive "${TEACHER_FLAGS[@]}" "${guidance[@]}" "$@"
 }
 
 sr_rounds() {
   local stage
   for stage in $SR_STAGES; do
-    (( ROUNDS >= 1 )) && distill "${stage}_p8" progressive --teacher="$TEACHER" \
-      --teacher_stage="$stage" "$@"
-    # shellcheck disable=SC2046
-    (( ROUNDS >= 2 )) && distill "${stage}_p4" progressive $(teacher_flags "${stage}_p8") "$@"
+    (( ROUNDS >= 1 )) || return 0
+    distill "${stage}_p8" progressive --teacher="$TEACHER" --teacher_stage="$stage" "$@"
+    (( ROUNDS >= 2 )) || continue
+    as_teacher "${stage}_p8"
+    distill "${stage}_p4" progressive "${TEACHER_FLAGS[@]}" "$@"
   done
   return 0
 }
