@@ -327,3 +327,36 @@ def test_a_progressive_student_samples_the_grid_it_learned(caplog):
     assert "teacher samples on the 'karras' grid" in caplog.text
     out = distill_task.run_config(config, teacher, settings, spec).sampling
     assert (out.num_steps, out.sampler, out.time_grid) == (2, "ddim", "uniform")
+
+
+@pytest.mark.parametrize("stage,mode", [("ssr", "progressive"), ("base", "guidance")])
+def test_only_a_guidance_rounds_student_draws_random_params(tmp_path, stage, mode):
+    """warm_start overwrites the teacher's frozen copy, and every student parameter in a
+    progressive round: those start as zeros, so the round's init traces no random draws (their
+    compile was most of a round's start-up on a CPU host). A guidance round's student draws its
+    new w-embedding."""
+    import dataclasses
+
+    from t2v_jax import configlib
+
+    config = load_config(str(ROOT / f"configs/tiny.py:{stage}"))
+    config.data = {"name": "shapes/tiny", "data_dir": str(tmp_path)}
+    stage_cfg = cascade.stage_config_from_experiment(config)
+    model = configlib.from_config(UNetConfig, config.model, "model")
+    text = None
+    if model.uses_text:
+        encoder = cascade.text_encoder_from_config(config.text, jax.random.key(1))
+        text = jax.device_get(encoder.params)
+    teacher = distill_task.Teacher(
+        cascade.Stage(dataclasses.replace(stage_cfg, num_steps=4), model, None), text, None, "t"
+    )
+    settings = distill_task.DistillSettings(mode, "t")
+    spec = distill_task.resolve_spec(settings, teacher)
+    run_config = distill_task.run_config(config, teacher, settings, spec)
+    task = distill_task.distill_task(run_config, teacher)
+    jaxpr = str(jax.make_jaxpr(task.init_params)(jax.random.key(0)))
+    assert ("random_bits" in jaxpr or "threefry" in jaxpr) == (mode == "guidance")
+    _, frozen = jax.eval_shape(task.init_params, jax.random.key(0))
+    # The zeros keep the tree's logical axis names (what the state's shardings come from).
+    boxed = jax.tree.leaves(frozen["teacher"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert boxed and all(isinstance(b, nn.LogicallyPartitioned) for b in boxed)

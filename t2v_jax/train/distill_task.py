@@ -249,6 +249,13 @@ def run_config(
     return out
 
 
+def _zeros_like_init(init: Any, rng: jax.Array) -> Any:
+    """`init(rng)`'s (boxed) tree with zeros for values: its structure and logical axis names
+    without tracing its random draws."""
+    shapes = jax.eval_shape(init, rng)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def distill_task(config: ml_collections.ConfigDict, teacher: Teacher) -> loop.Task:
     """The Task of a student run whose config `run_config` made (its `distill` section)."""
     spec = distill_lib.DistillSpec(
@@ -276,9 +283,17 @@ def distill_task(config: ml_collections.ConfigDict, teacher: Teacher) -> loop.Ta
     student, teacher_net = VideoUNet(student_cfg), VideoUNet(teacher_cfg)
 
     def init_params(rng):
-        trainable, frozen = base.init_params(rng)
-        # Replaced by warm_start; a fresh init only gives the tree its logical axis names.
-        teacher_init = task_lib.init_unet_params(teacher_cfg, (frames, height, width), seq, rng)
+        # warm_start overwrites the frozen teacher, and in a progressive round every parameter
+        # of the student too: those need only the tree and its logical axis names, so they
+        # start as zeros. A random init would cost the random-number kernels' compile (minutes
+        # on a CPU host for the demo's base: most of a round's start-up).
+        if spec.mode == "progressive":
+            trainable, frozen = _zeros_like_init(base.init_params, rng)
+        else:  # the guidance embedding is new: the student's own init draws it
+            trainable, frozen = base.init_params(rng)
+        teacher_init = _zeros_like_init(
+            lambda r: task_lib.init_unet_params(teacher_cfg, (frames, height, width), seq, r), rng
+        )
         return trainable, {**frozen, "teacher": teacher_init}
 
     def warm_start(state):
@@ -293,8 +308,8 @@ def distill_task(config: ml_collections.ConfigDict, teacher: Teacher) -> loop.Ta
                 )
             except ValueError as e:  # its message names train.init_from, the warm start's flag
                 raise ValueError(f"teacher: does not fit the student's config: {e}") from e
-            if name == "frozen" and fresh:
-                raise ValueError(f"teacher: {teacher.source!r} lacks frozen {sorted(fresh)}")
+            if fresh and (name == "frozen" or spec.mode == "progressive"):
+                raise ValueError(f"teacher: {teacher.source!r} lacks {name} {sorted(fresh)}")
         log.info("student initialised from teacher %s", teacher.source)
         return state.replace(**merged)
 
