@@ -81,6 +81,15 @@ def test_chains_split_the_base_and_sr_rounds_over_runs(tmp_path, recording_pytho
     assert exports == {}
 
 
+def test_a_finished_round_is_not_run_again(tmp_path, recording_python):
+    (tmp_path / "runs" / "base_g" / "checkpoints" / "7").mkdir(parents=True)  # STEPS=7 reached
+    (tmp_path / "runs" / "base_p16" / "checkpoints" / "3").mkdir(parents=True)  # not yet
+    proc, rounds, exports = _run(tmp_path, recording_python, CHAINS="base", STEPS="7")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(rounds) == ["base_p16", "base_p8"]  # base_p16 resumes
+    assert rounds["base_p16"][2] == "base_g" and exports == {"cascade_r0": ["base_g"]}
+
+
 def test_sr_stages_pick_the_sr_chains_stages(tmp_path, recording_python):
     proc, rounds, exports = _run(tmp_path, recording_python, CHAINS="sr", SR_STAGES="ssr2")
     assert proc.returncode == 0, proc.stderr
@@ -115,7 +124,7 @@ def test_kept_rounds_carry_the_plan_over_a_lost_root(tmp_path, recording_python)
 
     # A workdir with a checkpoint wins over the kept pipeline (it resumes, in float32).
     (tmp_path / "python_calls.txt").unlink()
-    (tmp_path / "runs" / "base_g" / "checkpoints" / "1000").mkdir(parents=True)
+    (tmp_path / "runs" / "base_g" / "checkpoints" / "500").mkdir(parents=True)  # unfinished
     proc, rounds, exports = _run(tmp_path, recording_python, KEEP=str(keep), CHAINS="base")
     assert proc.returncode == 0, proc.stderr
     assert rounds["base_g"][2] == "shapes" and rounds["base_p16"][2:4] == ("base_g", None)

@@ -6,7 +6,8 @@
 #   tools/distill_demo.sh ROOT [extra t2v-distill flags]   # smoke run: STEPS=3
 #
 # Rounds, each a resumable `t2v-distill` run in ROOT/<run> (rerunning the same command
-# continues where it stopped; a finished round trains no further step):
+# continues where it stopped; a round whose workdir holds the checkpoint of step STEPS is done
+# and not started again):
 #   round 0: base_g      guidance-distilled base (one model call per step), 32 steps
 #   round 1: base_p16    from base_g;      tsr_p8, ssr_p8, ssr2_p8 from the teacher pipeline
 #   round 2: base_p8     from base_p16;    tsr_p4, ssr_p4, ssr2_p4 from round 1's students
@@ -80,12 +81,19 @@ distill() {  # distill RUN MODE [flags]: one round, resumed from ROOT/RUN, timed
     echo "$(date -u +%FT%TZ) $run: kept as $KEEP/$run, not distilled again"
     return 0
   fi
-  start=$(date +%s)
-  echo "$(date -u +%FT%TZ) distilling $stage ($mode) in $ROOT/$run: $*"
-  "$PYTHON" -m t2v_jax.cli.distill --config="$CONFIG:$stage" --workdir="$ROOT/$run" \
-    --mode="$mode" --config.train.num_steps="$STEPS" \
-    --config.train.learning_rate="$LR" --config.train.warmup_steps=50 "$@"
-  echo "$run $(( $(date +%s) - start )) s (this invocation; $(date -u +%FT%TZ))" >> "$ROOT/times.txt"
+  if [[ -d "$ROOT/$run/checkpoints/$STEPS" ]]; then
+    # Finished: rerunning it would load the teacher and the checkpoint only to train nothing
+    # (about 10 minutes for the demo's base on this CPU).
+    echo "$(date -u +%FT%TZ) $run: finished at step $STEPS in $ROOT/$run"
+  else
+    start=$(date +%s)
+    echo "$(date -u +%FT%TZ) distilling $stage ($mode) in $ROOT/$run: $*"
+    "$PYTHON" -m t2v_jax.cli.distill --config="$CONFIG:$stage" --workdir="$ROOT/$run" \
+      --mode="$mode" --config.train.num_steps="$STEPS" \
+      --config.train.learning_rate="$LR" --config.train.warmup_steps=50 "$@"
+    echo "$run $(( $(date +%s) - start )) s (this invocation; $(date -u +%FT%TZ))" \
+      >> "$ROOT/times.txt"
+  fi
   if [[ -n "$KEEP" && ! -f "$KEEP/$run/pipeline.json" ]]; then
     "$PYTHON" "$REPO/tools/export_students.py" --pipeline "$TEACHER" --out "$KEEP/$run" \
       --overwrite "$ROOT/$run"
