@@ -1,5 +1,5 @@
-"""The shipped demo: load_pipeline("shapes") (and the first edition, "shapes_v1") works from the
-installed package, offline."""
+"""The shipped demo: load_pipeline("shapes") (and its undistilled teacher, "shapes_teacher", and
+the first edition, "shapes_v1") works from the installed package, offline."""
 
 import json
 import os
@@ -22,9 +22,9 @@ _PROBE = textwrap.dedent(
     direct = dist.read_text("direct_url.json")
     editable = bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
     pipe = pipeline_store.load_pipeline("shapes")
-    steps = [12, 6, 6, 6]
-    videos = pipe.sample(["a red circle moving right"], num_steps=steps, seed=0, progress=False)
-    # The first edition stays loadable by its own name (loaded and checked, not sampled).
+    videos = pipe.sample(["a red circle moving right"], seed=0, progress=False)
+    # The teacher and the first edition stay loadable by name (loaded and checked, not sampled).
+    teacher = pipeline_store.load_pipeline("shapes_teacher")
     first = pipeline_store.load_pipeline("shapes_v1")
     print(json.dumps({
         "module": str(pathlib.Path(t2v_jax.__file__).resolve().parent),
@@ -33,8 +33,10 @@ _PROBE = textwrap.dedent(
         "shape": list(videos.shape),
         "dtype": str(videos.dtype),
         "pixel_std": float(videos.std()),
-        "same_again": bool((pipe.sample(["a red circle moving right"], num_steps=steps,
-                                        seed=0, progress=False) == videos).all()),
+        "same_again": bool((pipe.sample(["a red circle moving right"], seed=0,
+                                        progress=False) == videos).all()),
+        "steps": [s.config.num_steps for s in pipe.stages],
+        "teacher_steps": [s.config.num_steps for s in teacher.stages],
         "fps": pipe.fps,
         "first_edition": [[s.config.name, s.config.frames, s.config.height, s.config.width]
                           for s in first.stages],
@@ -57,6 +59,7 @@ def test_builtin_shapes_pipeline_loads_and_samples_from_the_installed_package(tm
         assert "site-packages" in result["module"], result
     assert result["shape"] == [1, 16, 64, 64, 3] and result["dtype"] == "uint8"
     assert result["fps"] == 8
+    assert result["steps"] == [8, 4, 4, 4] and result["teacher_steps"] == [32, 16, 16, 16]
     assert result["first_edition"] == [["base", 8, 16, 16], ["tsr", 16, 16, 16],
                                        ["ssr", 16, 32, 32]], result  # fmt: skip
     # Not a blank frame, and a fixed seed reproduces the video exactly.
@@ -68,11 +71,10 @@ def test_shipped_demo_still_follows_its_prompts():
     """A dozen prompts over the demo's vocabulary, judged from the pixels alone: weights that
     stop following prompts (or a text path that stops reaching the U-Net) fail here.
 
-    Only the base stage is sampled, at 4 steps: it alone reads the text (the SR stages are
-    text-free and only sharpen), and 4 steps keep its adherence (the second edition's base:
-    24/24 videos right on every attribute at 4 steps and at 8, seeds 0 and 1). Chance is 1/8
-    for the colour, 1/3 for the shape, 1/4 for the motion; the thresholds leave two or three
-    misses of margin.
+    Only the base stage is sampled, at its 8 distilled steps (one model call each): it alone
+    reads the text (the SR stages are text-free and only sharpen). Chance is 1/8 for the
+    colour, 1/3 for the shape, 1/4 for the motion; the thresholds leave two or three misses of
+    margin.
     """
     import jax
 
@@ -87,7 +89,7 @@ def test_shipped_demo_still_follows_its_prompts():
     prompts = shapes_eval.make_prompts(12, 0, ())
     assert len({p.combo for p in prompts}) == 12
     result = shapes_eval.evaluate(
-        lambda texts, seed: base.sample(texts, num_steps=4, seed=seed, progress=False),
+        lambda texts, seed: base.sample(texts, seed=seed, progress=False),
         prompts, seeds=[0], batch_size=12,
     )  # fmt: skip
     accuracy = result["accuracy"]
@@ -96,13 +98,14 @@ def test_shipped_demo_still_follows_its_prompts():
     assert accuracy["all"] >= 9 / 12, accuracy
 
 
-@pytest.mark.slow  # the whole cascade at its default steps for four prompts (~1-2 min, 2 cores)
+@pytest.mark.slow  # the whole cascade at its default steps for four prompts (~1 min, 2 cores)
 def test_shipped_cascade_keeps_the_palettes_orange_through_its_sr_stages():
     """Orange squares, the colour the SR stages used to move: sampled together at seed 0, the
-    same weights with the previous settings (no data consistency, noise-augmented TSR input)
-    gave delta E 6.3, 3.3, 21.4 and 13.0 (left drawn red-orange); with the shipped ones (TSR
-    'frames', SSR 'box') 4.8, 5.3, 3.7 and 8.7. Judged from the pixels (CIELAB distance of the
-    object's median colour to the palette's orange, t2v_jax.eval.shapes_judge)."""
+    undistilled cascade (`shapes_teacher`) with its previous settings (no data consistency,
+    noise-augmented TSR input) gave delta E 6.3, 3.3, 21.4 and 13.0 (left drawn red-orange);
+    with the shipped ones (TSR 'frames', SSR 'box') 4.8, 5.3, 3.7 and 8.7; the distilled
+    `shapes`, which keeps those settings, 4.9, 5.3, 2.8 and 10.8. Judged from the pixels (CIELAB
+    distance of the object's median colour to the palette's orange, t2v_jax.eval.shapes_judge)."""
     import numpy as np
 
     from t2v_jax.eval import shapes_judge

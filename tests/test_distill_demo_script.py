@@ -48,10 +48,10 @@ def test_two_rounds_distill_every_stage_and_export_each_rounds_cascade(tmp_path,
     proc, rounds, exports = _run(tmp_path, recording_python, STEPS="7")
     assert proc.returncode == 0, proc.stderr
     assert rounds == {
-        "base_g": ("base", "guidance", "shapes", "base", "7"),
+        "base_g": ("base", "guidance", "shapes_teacher", "base", "7"),
         "base_p16": ("base", "progressive", "base_g", None, "7"),
         "base_p8": ("base", "progressive", "base_p16", None, "7"),
-        **{f"{s}_p8": (s, "progressive", "shapes", s, "7") for s in ("tsr", "ssr", "ssr2")},
+        **{f"{s}_p8": (s, "progressive", "shapes_teacher", s, "7") for s in ("tsr", "ssr", "ssr2")},
         **{f"{s}_p4": (s, "progressive", f"{s}_p8", None, "7") for s in ("tsr", "ssr", "ssr2")},
     }
     assert exports == {
@@ -93,7 +93,7 @@ def test_a_finished_round_is_not_run_again(tmp_path, recording_python):
 def test_sr_stages_pick_the_sr_chains_stages(tmp_path, recording_python):
     proc, rounds, exports = _run(tmp_path, recording_python, CHAINS="sr", SR_STAGES="ssr2")
     assert proc.returncode == 0, proc.stderr
-    assert rounds == {"ssr2_p8": ("ssr2", "progressive", "shapes", "ssr2", "1000"),
+    assert rounds == {"ssr2_p8": ("ssr2", "progressive", "shapes_teacher", "ssr2", "1000"),
                       "ssr2_p4": ("ssr2", "progressive", "ssr2_p8", None, "1000")}  # fmt: skip
     assert exports == {}
 
@@ -127,7 +127,7 @@ def test_kept_rounds_carry_the_plan_over_a_lost_root(tmp_path, recording_python)
     (tmp_path / "runs" / "base_g" / "checkpoints" / "500").mkdir(parents=True)  # unfinished
     proc, rounds, exports = _run(tmp_path, recording_python, KEEP=str(keep), CHAINS="base")
     assert proc.returncode == 0, proc.stderr
-    assert rounds["base_g"][2] == "shapes" and rounds["base_p16"][2:4] == ("base_g", None)
+    assert rounds["base_g"][2] == "shapes_teacher" and rounds["base_p16"][2:4] == ("base_g", None)
     assert exports["cascade_r0"] == ["base_g"]
 
 

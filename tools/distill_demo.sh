@@ -15,13 +15,14 @@
 # does; the SR stages read no text, so they need no base). After each round the cascade so far
 # is written as a pipeline, ROOT/cascade_r<k>, to judge with tools/eval_shapes.py: round 0
 # replaces only the base; round k replaces every stage by its round-k student.
-# Environment: PYTHON (default: python), TEACHER (default: shapes, the undistilled cascade),
-# ROUNDS (default 2), STEPS (distillation steps per round, default 1000), LR (peak learning
-# rate, default 3e-4; each student starts from its teacher's weights), JAX_COMPILATION_CACHE_DIR,
-# CHAINS (default "base sr"). Split over sessions: `CHAINS=base` runs only the base's rounds
-# (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR stages'; a later run with
-# both resumes the finished rounds at once and exports every round's cascade. SR_STAGES
-# (default "tsr ssr ssr2"): the SR stages the sr chain distills, one after another; with KEEP,
+# Environment: PYTHON (default: python), TEACHER (default: shapes_teacher, the undistilled
+# cascade), ROUNDS (default 2), STEPS (distillation steps per round, default 1000), LR (peak
+# learning rate, default 3e-4; each student starts from its teacher's weights),
+# JAX_COMPILATION_CACHE_DIR, CHAINS (default "base sr"). Split over sessions: `CHAINS=base`
+# runs only the base's rounds (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR
+# stages'; a later run with both resumes the finished rounds at once and exports every round's
+# cascade. SR_STAGES (default "tsr ssr ssr2"): the SR stages the sr chain distills, one after
+# another; with KEEP,
 # `CHAINS=sr SR_STAGES=tsr` and `CHAINS=sr SR_STAGES=ssr` can run side by side (one ROOT each).
 # KEEP (a folder, e.g. runs/distill): each finished round's student is also written there as a
 # pipeline, KEEP/<run> (the teacher with that one stage replaced; commit it). A later run whose
@@ -34,7 +35,7 @@ shift
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CONFIG="$REPO/configs/shapes.py"
 PYTHON=${PYTHON:-python}
-TEACHER=${TEACHER:-shapes}
+TEACHER=${TEACHER:-shapes_teacher}
 ROUNDS=${ROUNDS:-2}
 STEPS=${STEPS:-1000}
 LR=${LR:-3e-4}

@@ -15,8 +15,9 @@
 # base stage trains in one process while TSR, SSR and then SSR2 train in another (each then gets
 # about one core; the base alone uses both: 0.77 steps/s vs 0.37 beside another job; logs in
 # ROOT/<stage>.log, which a rerun appends to). Finally the EMA params of all stages are saved as
-# a pipeline (bf16) in $OUT (default: t2v_jax/assets/shapes, the package's built-in "shapes"
-# pipeline). Wall times of each finished stage invocation go to ROOT/times.txt.
+# a pipeline (bf16) in $OUT (default: t2v_jax/assets/shapes_teacher, the package's built-in
+# "shapes_teacher" pipeline, which tools/distill_demo.sh distills into "shapes"). Wall times of
+# each finished stage invocation go to ROOT/times.txt.
 # Split over sessions (each stage must finish within one, and only the repository survives):
 #   SR_ONLY=1 OUT=runs/sr tools/train_demo.sh ROOT   # TSR, SSR, SSR2 only -> an SR-only pipeline
 #   SR_FROM=runs/sr tools/train_demo.sh ROOT         # the base alone (both cores), then the
@@ -30,7 +31,7 @@ shift
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CONFIG="$REPO/configs/shapes.py"
 PYTHON=${PYTHON:-python}
-OUT=${OUT:-$REPO/t2v_jax/assets/shapes}
+OUT=${OUT:-$REPO/t2v_jax/assets/shapes_teacher}
 SR_CONTINUE_STEPS=${SR_CONTINUE_STEPS:-1000}
 [[ "$SR_CONTINUE_STEPS" =~ ^[0-9]+$ ]] || { echo "SR_CONTINUE_STEPS: a count >= 0, got '$SR_CONTINUE_STEPS'" >&2; exit 2; }
 # Compiles of the train step take minutes on a small CPU; a restarted stage reuses them.
