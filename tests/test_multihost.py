@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from t2v_jax.perf.local_pod import LocalPod, free_port
+from t2v_jax.perf.local_pod import LocalPod, free_port, with_fake_devices
 
 pytestmark = pytest.mark.slow
 
@@ -93,9 +93,8 @@ def test_two_hosts_train_like_one_process(reference, tmp_path, env):
     batches."""
     workdir = tmp_path / "one"
     argv = _argv(workdir, reference["data_dir"])
-    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
-    devices = f"--xla_force_host_platform_device_count={2 * DEVICES_PER_HOST}"
-    child_env = dict(os.environ, **env, XLA_FLAGS=f"{flags} {devices}")
+    flags = with_fake_devices(os.environ.get("XLA_FLAGS", ""), 2 * DEVICES_PER_HOST)
+    child_env = dict(os.environ, **env, XLA_FLAGS=flags)
     subprocess.run(argv, env=child_env, check=True, capture_output=True, timeout=900)
     step_one, one = _final_state(str(workdir))
     step_two, two = _final_state(reference["workdir"])

@@ -22,8 +22,8 @@
 # runs only the base's rounds (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR
 # stages'; a later run with both resumes the finished rounds at once and exports every round's
 # cascade. SR_STAGES (default "tsr ssr ssr2"): the SR stages the sr chain distills, one after
-# another; with KEEP,
-# `CHAINS=sr SR_STAGES=tsr` and `CHAINS=sr SR_STAGES=ssr` can run side by side (one ROOT each).
+# another; with KEEP, `CHAINS=sr SR_STAGES=tsr` and `CHAINS=sr SR_STAGES=ssr` can run side by
+# side (one ROOT each).
 # KEEP (a folder, e.g. runs/distill): each finished round's student is also written there as a
 # pipeline, KEEP/<run> (the teacher with that one stage replaced; commit it). A later run whose
 # ROOT lost the round's workdir (a new machine) takes the round as done, distills the next

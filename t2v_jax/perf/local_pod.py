@@ -31,6 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def with_fake_devices(xla_flags: str, count: int) -> str:
+    """`xla_flags` with its fake CPU device count set to `count` (its other flags kept)."""
+    flags = [
+        f for f in xla_flags.split() if not f.startswith("--xla_force_host_platform_device_count")
+    ]
+    return " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
+
+
 @dataclasses.dataclass
 class ProcessResult:
     """How one process of the pod ended: its exit code (None: still running) and its log."""
@@ -87,15 +95,8 @@ class LocalPod:
     def _process_env(self, index: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
-        # Each process's own fake devices; other XLA flags of the caller are kept.
-        flags = [
-            f
-            for f in env.get("XLA_FLAGS", "").split()
-            if not f.startswith("--xla_force_host_platform_device_count")
-        ]
-        flags.append(f"--xla_force_host_platform_device_count={self.devices_per_process}")
         env.update(
-            XLA_FLAGS=" ".join(flags),
+            XLA_FLAGS=with_fake_devices(env.get("XLA_FLAGS", ""), self.devices_per_process),
             JAX_PLATFORMS="cpu",
             JAX_COORDINATOR_ADDRESS=self.address,
             JAX_NUM_PROCESSES=str(self.num_processes),
