@@ -269,6 +269,7 @@ class Pipeline:
                 sharding.replicated(self.mesh),
             ),
             out_shardings=(video, video),
+            compiler_options=self._compiler_options(),
         )
         self._compiled[key] = fn
         return fn
@@ -320,8 +321,9 @@ class Pipeline:
                 what += f" video_sharding={self.layout.mode}"
             with self._compile_target():  # the export traces for the mesh's platform
                 self._compiled[key] = compile_cache.exported_program(
-                    "stage_steps", what, fn, (*args, state, np.int32(0))
-                )
+                    "stage_steps", what, fn, (*args, state, np.int32(0)),
+                    compiler_options=self._compiler_options(),
+                )  # fmt: skip
         return self._compiled[key]
 
     def _init_fn(self, index: int, batch: int):
@@ -338,6 +340,10 @@ class Pipeline:
 
             self._compiled[key] = jax.jit(stage_init, out_shardings=(out, out))
         return self._compiled[key]
+
+    def _compiler_options(self) -> dict[str, str] | None:
+        """XLA options for the stage programs on the mesh's platform (platform.py says why)."""
+        return platform.sampling_compiler_options(platform.platform_of(self.mesh))
 
     def _compile_target(self):
         """Stages are traced for the mesh's platform ("auto" kernels: Pallas attention on TPU)."""

@@ -79,7 +79,13 @@ def write_memo(path: pathlib.Path, text: str | bytes) -> None:
         raise
 
 
-def exported_program(name: str, key: str, fn: Callable, args: Sequence[Any]) -> Callable:
+def exported_program(
+    name: str,
+    key: str,
+    fn: Callable,
+    args: Sequence[Any],
+    compiler_options: dict[str, str] | None = None,
+) -> Callable:
     """`fn` (a `jax.jit` function) as `jax.jit` of its `jax.export`ed program, memoized.
 
     The persistent compilation cache saves a second process the XLA compile, but not tracing
@@ -92,7 +98,8 @@ def exported_program(name: str, key: str, fn: Callable, args: Sequence[Any]) -> 
     settings). Without a compilation cache, without `flatbuffers` (what `Exported.serialize`
     needs), or when the program cannot be exported (a custom call with no stability
     guarantee, e.g. a GPU library kernel), `fn` is returned as is. A memo whose checksum does
-    not match or that does not deserialize is exported again, never used.
+    not match or that does not deserialize is exported again, never used. `compiler_options`:
+    the XLA options the returned program is compiled with (as `fn`'s own `jax.jit` has them).
     """
     folder = memo_dir("exported")
     if folder is None:
@@ -128,4 +135,4 @@ def exported_program(name: str, key: str, fn: Callable, args: Sequence[Any]) -> 
         return exported.call(*a)
 
     program.__name__ = program.__qualname__ = name
-    return jax.jit(program)
+    return jax.jit(program, compiler_options=compiler_options)

@@ -77,6 +77,22 @@ def test_validation():
         GuidanceConfig(schedule="cosine")
 
 
+def test_abs_quantile_matches_numpy():
+    """The sort-free quantile against numpy's (linear interpolation), with zeros and ties."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100, 4097):
+        x = np.abs(rng.normal(size=(3, n)) * 2).astype(np.float32)
+        x[1, : n // 2] = 0.0  # half zeros
+        x[2] = np.round(x[2])  # ties
+        for q in (1e-4, 0.5, 0.9, 0.995, 1.0):
+            np.testing.assert_allclose(
+                guidance.abs_quantile(jnp.asarray(x), q),
+                np.quantile(x.astype(np.float64), q, axis=1),
+                rtol=1e-6,
+                err_msg=f"n={n} q={q}",
+            )
+
+
 def test_thresholding_ranges_and_reference():
     x0 = 3.0 * jax.random.normal(jax.random.key(1), (4, 2, 8, 8, 3))
     x0 = x0.at[0].set(x0[0] * 0.2)  # sample 0 mostly inside [-1, 1]

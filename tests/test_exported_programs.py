@@ -89,3 +89,32 @@ def test_a_program_that_cannot_be_exported_is_traced_as_before(parts, memo, monk
     with caplog.at_level(logging.WARNING):
         np.testing.assert_array_equal(_sample(_fresh(parts)), reference)
     assert caplog.text.count("not exportable") == 3 and not list(folder.glob("*.bin"))
+
+
+def _stage_programs_text(pipe) -> list[str]:
+    """The compiled HLO of each stage program one sample runs (exported or not)."""
+    texts, run_stage = [], pipe._run_stage
+
+    def capture(index, fn, args, num_steps, bar):
+        state = pipe._init_fn(index, args[1].shape[0])(args[1])
+        texts.append(fn.lower(*args, state, np.int32(0)).compile().as_text())
+        return run_stage(index, fn, args, num_steps, bar)
+
+    pipe._run_stage = capture
+    _sample(pipe)
+    return texts
+
+
+YNN_FUSION = "%ynn_fusion"  # how XLA:CPU's HLO names a YNNPACK fusion
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_cpu_stage_programs_compile_without_library_fusions(parts, memo, monkeypatch, exported):
+    """platform.sampling_compiler_options reaches both the traced and the exported programs."""
+    a = np.ones((64, 64), np.float32)
+    if YNN_FUSION not in jax.jit(lambda x: x @ x).lower(a).compile().as_text():
+        pytest.skip("this jaxlib's XLA:CPU does not fuse dots with YNNPACK")
+    if not exported:
+        monkeypatch.setattr(compile_cache, "memo_dir", lambda name: None)
+    texts = _stage_programs_text(_fresh(parts))
+    assert len(texts) == 3 and not any(YNN_FUSION in t for t in texts)
