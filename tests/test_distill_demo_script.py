@@ -61,6 +61,19 @@ def test_two_rounds_distill_every_stage_and_export_each_rounds_cascade(tmp_path,
     }
 
 
+def test_round_three_halves_the_chosen_sr_stages_again(tmp_path, recording_python):
+    proc, rounds, exports = _run(tmp_path, recording_python, ROUNDS="3")
+    assert proc.returncode == 0, proc.stderr
+    assert rounds["ssr2_p2"] == ("ssr2", "progressive", "ssr2_p4", None, "1000")
+    assert not {"base_p4", "tsr_p2", "ssr_p2"} & set(rounds)  # by default SSR2 alone
+    assert exports["cascade_r3"] == ["base_p8", "tsr_p4", "ssr_p4", "ssr2_p2"]
+    (tmp_path / "python_calls.txt").unlink()
+    proc, rounds, exports = _run(tmp_path, recording_python, ROUNDS="3", ROUND3_STAGES="ssr ssr2")
+    assert proc.returncode == 0, proc.stderr
+    assert rounds["ssr_p2"][2] == "ssr_p4" and "tsr_p2" not in rounds
+    assert exports["cascade_r3"] == ["base_p8", "tsr_p4", "ssr_p2", "ssr2_p2"]
+
+
 def test_one_round_stops_after_round_one(tmp_path, recording_python):
     proc, rounds, exports = _run(tmp_path, recording_python, ROUNDS="1", TEACHER="/teacher/pipe")
     assert proc.returncode == 0, proc.stderr
@@ -132,7 +145,8 @@ def test_kept_rounds_carry_the_plan_over_a_lost_root(tmp_path, recording_python)
 
 
 @pytest.mark.parametrize("env,message", [
-    ({"ROUNDS": "3"}, "ROUNDS: 0, 1 or 2"),
+    ({"ROUNDS": "4"}, "ROUNDS: 0, 1, 2 or 3"),
+    ({"ROUNDS": "3", "ROUND3_STAGES": "base"}, "ROUND3_STAGES: some of 'tsr ssr ssr2'"),
     ({"CHAINS": "base ssr"}, "CHAINS: 'base', 'sr' or both"),
     ({"CHAINS": " "}, "CHAINS: 'base', 'sr' or both"),
     ({"STEPS": "0"}, "STEPS: a positive integer"),

@@ -11,12 +11,15 @@
 #   round 0: base_g      guidance-distilled base (one model call per step), 32 steps
 #   round 1: base_p16    from base_g;      tsr_p8, ssr_p8, ssr2_p8 from the teacher pipeline
 #   round 2: base_p8     from base_p16;    tsr_p4, ssr_p4, ssr2_p4 from round 1's students
+#   round 3:                               <stage>_p2 from <stage>_p4 for the SR stages in
+#                                          ROUND3_STAGES (default: ssr2, the costliest stage)
 # The base's rounds run in one process and the SR stages' in another (as tools/train_demo.sh
 # does; the SR stages read no text, so they need no base). After each round the cascade so far
 # is written as a pipeline, ROOT/cascade_r<k>, to judge with tools/eval_shapes.py: round 0
-# replaces only the base; round k replaces every stage by its round-k student.
+# replaces only the base; round k replaces every stage by its round-k student (round 3: the
+# round-3 students of ROUND3_STAGES, the other stages' round-2 students).
 # Environment: PYTHON (default: python), TEACHER (default: shapes_teacher, the undistilled
-# cascade), ROUNDS (default 2), STEPS (distillation steps per round, default 1000), LR (peak
+# cascade), ROUNDS (default 2; 3 adds round 3), STEPS (distillation steps per round, default 1000), LR (peak
 # learning rate, default 3e-4; each student starts from its teacher's weights),
 # JAX_COMPILATION_CACHE_DIR, CHAINS (default "base sr"). Split over sessions: `CHAINS=base`
 # runs only the base's rounds (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR
@@ -45,7 +48,7 @@ KEEP=${KEEP:-}
 # pipeline (which does not record it) draws w as its teacher's round did.
 GUIDANCE_MIN=${GUIDANCE_MIN:-1}
 GUIDANCE_MAX=${GUIDANCE_MAX:-3}
-[[ "$ROUNDS" =~ ^[0-2]$ ]] || { echo "ROUNDS: 0, 1 or 2, got '$ROUNDS'" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[0-3]$ ]] || { echo "ROUNDS: 0, 1, 2 or 3, got '$ROUNDS'" >&2; exit 2; }
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || { echo "STEPS: a positive integer, got '$STEPS'" >&2; exit 2; }
 CHAINS=${CHAINS:-base sr}
 bad_chains() { echo "CHAINS: 'base', 'sr' or both, got '$CHAINS'" >&2; exit 2; }
@@ -59,6 +62,12 @@ for stage in $SR_STAGES; do
   [[ "$stage" == tsr || "$stage" == ssr || "$stage" == ssr2 ]] \
     || { echo "SR_STAGES: some of 'tsr ssr ssr2', got '$SR_STAGES'" >&2; exit 2; }
 done
+ROUND3_STAGES=${ROUND3_STAGES:-ssr2}
+for stage in $ROUND3_STAGES; do
+  [[ "$stage" == tsr || "$stage" == ssr || "$stage" == ssr2 ]] \
+    || { echo "ROUND3_STAGES: some of 'tsr ssr ssr2', got '$ROUND3_STAGES'" >&2; exit 2; }
+done
+in_round3() { [[ " $ROUND3_STAGES " == *" $1 "* ]]; }
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
 
@@ -120,6 +129,9 @@ sr_rounds() {
     (( ROUNDS >= 2 )) || continue
     as_teacher "${stage}_p8"
     distill "${stage}_p4" progressive "${TEACHER_FLAGS[@]}" "$@"
+    (( ROUNDS >= 3 )) && in_round3 "$stage" || continue
+    as_teacher "${stage}_p4"
+    distill "${stage}_p2" progressive "${TEACHER_FLAGS[@]}" "$@"
   done
   return 0
 }
@@ -151,5 +163,12 @@ fi
 if has_chain base && has_chain sr; then
   (( ROUNDS >= 1 )) && export_cascade 1 base_p16 tsr_p8 ssr_p8 ssr2_p8
   (( ROUNDS >= 2 )) && export_cascade 2 base_p8 tsr_p4 ssr_p4 ssr2_p4
+  if (( ROUNDS >= 3 )); then
+    runs=(base_p8)
+    for stage in tsr ssr ssr2; do
+      if in_round3 "$stage"; then runs+=("${stage}_p2"); else runs+=("${stage}_p4"); fi
+    done
+    export_cascade 3 "${runs[@]}"
+  fi
 fi
 echo "$(date -u +%FT%TZ) done"
