@@ -23,11 +23,11 @@ from t2v_jax.configlib import from_config
 from t2v_jax.pipeline_format import FORMAT_VERSION, file_sha256, flatten_params, unflatten_params
 
 # Built-in pipelines ship inside the package (t2v_jax/assets/<name>): "shapes" is the demo
-# (docs/demo.md), distilled to 8 steps for its base and 4 for each SR stage
-# (docs/distillation.md); "shapes_teacher" the same cascade before distillation (32 / 16 / 16 /
-# 16 steps, the stages configs/shapes.py trains); "shapes_v1" the first edition (three stages,
-# 32x32), kept for comparison; "real_sr" a spatial SR stage for real footage, 32x32 -> 64x64
-# (docs/video_in.md).
+# (docs/demo.md), distilled to 8 steps for its base, 4 for its TSR and first SSR and 2 for its
+# 64x64 SSR (docs/distillation.md); "shapes_teacher" the same cascade before distillation
+# (32 / 16 / 16 / 16 steps, the stages configs/shapes.py trains); "shapes_v1" the first edition
+# (three stages, 32x32), kept for comparison; "real_sr" a spatial SR stage for real footage,
+# 32x32 -> 64x64 (docs/video_in.md).
 BUILTIN_PIPELINES = ("shapes", "shapes_teacher", "shapes_v1", "real_sr")
 
 

@@ -59,7 +59,7 @@ def test_builtin_shapes_pipeline_loads_and_samples_from_the_installed_package(tm
         assert "site-packages" in result["module"], result
     assert result["shape"] == [1, 16, 64, 64, 3] and result["dtype"] == "uint8"
     assert result["fps"] == 8
-    assert result["steps"] == [8, 4, 4, 4] and result["teacher_steps"] == [32, 16, 16, 16]
+    assert result["steps"] == [8, 4, 4, 2] and result["teacher_steps"] == [32, 16, 16, 16]
     assert result["first_edition"] == [["base", 8, 16, 16], ["tsr", 16, 16, 16],
                                        ["ssr", 16, 32, 32]], result  # fmt: skip
     # Not a blank frame, and a fixed seed reproduces the video exactly.

@@ -69,9 +69,10 @@ def target_mesh() -> jax.sharding.Mesh | None:
 
 # XLA:CPU (jaxlib 0.10) hands dots and convolutions to YNNPACK fusions by default. For the
 # sampler's programs on the project's 2-core CPU they cost more than they give: with them off,
-# a warm demo sample took 2.2-2.3 s instead of 2.8 s (the 64x64 SSR U-Net 325 instead of
-# 378-407 ms a call), and a new process's first call of each stage program no longer spends
-# 0.1-0.4 s setting them up (the base's: 82 instead of 506 ms after loading it from the cache).
+# a warm demo sample (8 / 4 / 4 / 4 steps) took 2.2-2.3 s instead of 2.8 s (the 64x64 SSR U-Net
+# 325 instead of 378-407 ms a call), and a new process's first call of each stage program no
+# longer spends 0.1-0.4 s setting them up (the base's: 82 instead of 506 ms after deserializing
+# it). docs/sampling.md has the measurements.
 _CPU_SAMPLING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
