@@ -19,8 +19,8 @@
 # replaces only the base; round k replaces every stage by its round-k student (round 3: the
 # round-3 students of ROUND3_STAGES, the other stages' round-2 students).
 # Environment: PYTHON (default: python), TEACHER (default: shapes_teacher, the undistilled
-# cascade), ROUNDS (default 2; 3 adds round 3), STEPS (distillation steps per round, default 1000), LR (peak
-# learning rate, default 3e-4; each student starts from its teacher's weights),
+# cascade), ROUNDS (default 2; 3 adds round 3), STEPS (distillation steps per round, default
+# 1000), LR (peak learning rate, default 3e-4; each student starts from its teacher's weights),
 # JAX_COMPILATION_CACHE_DIR, CHAINS (default "base sr"). Split over sessions: `CHAINS=base`
 # runs only the base's rounds (both cores; it exports cascade_r0 alone), `CHAINS=sr` only the SR
 # stages'; a later run with both resumes the finished rounds at once and exports every round's

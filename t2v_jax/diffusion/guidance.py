@@ -164,9 +164,8 @@ def abs_quantile(flat: jax.Array, q: float) -> jax.Array:
     Equal to `numpy.quantile(flat, q, axis=1)` (linear interpolation between the two order
     statistics around q (N - 1)). Each order statistic is found by bisection on the float's bits,
     which order non-negative floats as their values do: 31 halvings of [0, +inf], each one
-    count over the row. XLA:CPU sorts a 64x64 video of 16 frames in ~50 ms; this takes ~4 ms,
-    and it is every step's cost of dynamic thresholding (and not serializable as a sort, whose
-    comparator XLA:CPU cannot write into a cached executable). NaNs order above +inf.
+    count over the row. `jnp.quantile` sorts: 52 ms for a 16-frame 64x64 video on the project's
+    2-core CPU, against 3.6 ms for this, at every step that thresholds. NaNs order above +inf.
     """
     n = flat.shape[-1]
     pos = q * (n - 1)  # static: numpy's float64 arithmetic
