@@ -1,7 +1,9 @@
 """`t2v-bench`: measure text encoding, U-Net, train step, sampling, MFU and start-up on this device.
 
 `t2v-bench train` times the train step of whole configs instead (steps/s, examples/s, compile
-time, MFU): `t2v-bench train --configs tiny demo paper --steps 5 --repeats 3`.
+time, MFU): `t2v-bench train --configs tiny demo paper --steps 5 --repeats 3`. `t2v-bench sample`
+times a pipeline as a user meets it (the whole `t2v-sample` command with an empty and with a warm
+compilation cache, and a warm sample): `t2v-bench sample --pipeline shapes`.
 """
 
 from __future__ import annotations
@@ -70,16 +72,49 @@ def _main_train(argv: list[str]) -> int:
     return 0
 
 
+def _main_sample(argv: list[str]) -> int:
+    from t2v_jax.perf.bench_sample import DEFAULT_PROMPT
+
+    parser = argparse.ArgumentParser(
+        prog="t2v-bench sample",
+        description="Times one prompt as a user meets it: the whole t2v-sample command in fresh "
+        "processes (the first with an empty compilation cache, the others reading it back), "
+        "then warm samples in this process, whole and per stage.",
+    )
+    parser.add_argument("--pipeline", default="shapes", help="built-in name or a saved folder")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="t2v-sample processes (the first with an empty cache; 0: none)")  # fmt: skip
+    parser.add_argument("--warm-calls", type=int, default=5, help="warm samples to time")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--out", default=None, help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+
+    from t2v_jax.perf import bench_sample
+
+    try:
+        results = bench_sample.run_sample_benchmark(
+            args.pipeline, processes=args.processes, warm_calls=args.warm_calls,
+            prompt=args.prompt,
+        )  # fmt: skip
+    except ValueError as e:
+        parser.error(str(e))
+    print(bench_sample.format_sample_table(results))
+    _write(results, args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parses arguments, runs `t2v_jax.perf.bench.run_benchmarks` (or `train`), prints a table."""
+    """Parses arguments, runs `t2v_jax.perf.bench.run_benchmarks` (or a subcommand), prints a table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return _main_train(argv[1:])
+    if argv[:1] == ["sample"]:
+        return _main_sample(argv[1:])
     parser = argparse.ArgumentParser(
         prog="t2v-bench",
         description=__doc__.strip("`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="subcommand: t2v-bench train --help",
+        epilog="subcommands: t2v-bench train --help, t2v-bench sample --help",
     )
     parser.add_argument(
         "--quick",

@@ -349,7 +349,9 @@ def save_tiny_pipeline(path: str) -> None:
     pipeline_format.save_pipeline(cascade.Pipeline(encoder, stages, one_device_mesh()), path)
 
 
-def _timed_sample(pipe: Any, prompts: Sequence[str]) -> dict[str, Any]:
+def timed_sample(pipe: Any, prompts: Sequence[str]) -> dict[str, Any]:
+    """Samples `prompts` once: seconds per stage (`stages_s`, each ending when the stage's frames
+    reach the host, through the sample callback) and for the whole cascade (`cascade_s`)."""
     marks = [time.perf_counter()]
     pipe.sample(prompts, progress=False, callback=lambda *_: marks.append(time.perf_counter()))
     names = [s.config.name for s in pipe.stages]
@@ -373,14 +375,14 @@ def sample_probe(pipeline_dir: str, warm: bool) -> dict[str, Any]:
     pipe = pipeline_store.load_pipeline(pipeline_dir, mesh=one_device_mesh())
     load_s = time.perf_counter() - start
     prompts = [f"red circle {i}" for i in range(SAMPLE_PROMPTS)]
-    cold = _timed_sample(pipe, prompts)
+    cold = timed_sample(pipe, prompts)
     first = time.perf_counter()
     stage = pipe.stages[0].config
     out = {"num_prompts": len(prompts), "num_steps": [s.config.num_steps for s in pipe.stages],
            "output_shape": list(pipe.output_shape), "base_shape": [stage.frames, stage.height,
            stage.width], "load_s": load_s, "first_video_s": first - start, "cold": cold}  # fmt: skip
     if warm:
-        out["warm"] = _timed_sample(pipe, prompts)
+        out["warm"] = timed_sample(pipe, prompts)
     out["peak_rss_bytes"] = _peak_rss_bytes()
     out["after_first_s"] = time.perf_counter() - first
     return out
