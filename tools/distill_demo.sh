@@ -57,16 +57,17 @@ for chain in $CHAINS; do
 done
 has_chain() { [[ " $CHAINS " == *" $1 "* ]]; }
 has_chain base || has_chain sr || bad_chains  # CHAINS held only spaces
+check_sr_stages() {  # check_sr_stages NAME: every word of $NAME is an SR stage
+  local stage
+  for stage in ${!1}; do
+    [[ "$stage" == tsr || "$stage" == ssr || "$stage" == ssr2 ]] \
+      || { echo "$1: some of 'tsr ssr ssr2', got '${!1}'" >&2; exit 2; }
+  done
+}
 SR_STAGES=${SR_STAGES:-tsr ssr ssr2}
-for stage in $SR_STAGES; do
-  [[ "$stage" == tsr || "$stage" == ssr || "$stage" == ssr2 ]] \
-    || { echo "SR_STAGES: some of 'tsr ssr ssr2', got '$SR_STAGES'" >&2; exit 2; }
-done
+check_sr_stages SR_STAGES
 ROUND3_STAGES=${ROUND3_STAGES:-ssr2}
-for stage in $ROUND3_STAGES; do
-  [[ "$stage" == tsr || "$stage" == ssr || "$stage" == ssr2 ]] \
-    || { echo "ROUND3_STAGES: some of 'tsr ssr ssr2', got '$ROUND3_STAGES'" >&2; exit 2; }
-done
+check_sr_stages ROUND3_STAGES
 in_round3() { [[ " $ROUND3_STAGES " == *" $1 "* ]]; }
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$ROOT/xla_cache}
 mkdir -p "$ROOT"
